@@ -1,0 +1,5 @@
+import sys
+
+from corea.cli import main
+
+sys.exit(main())

@@ -1,0 +1,223 @@
+"""The cascade: tiers of models from cheap to expensive, a threshold per tier but the last.
+
+A question goes to tier 1; if its stated confidence is below tier 1's threshold it goes on to tier 2,
+and so on; the last tier's answer is final. A question pays for every tier it visited.
+
+A cascade is described by a JSON config (what the app's threshold tuning exports and what
+`python -m corea ask/serve --config` read)::
+
+    {"tiers": [{"model": "smollm2", "threshold": 0.8},
+               {"model": "qwen", "price": {"input": 0.15, "output": 0.46}}],
+     "generation": {"max_new_tokens": 320}}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from corea.checking import is_correct
+from corea.costs import Price, resolve_price
+from corea.models import Generation, GenerationConfig, Model, get_model
+from corea.protocol import ParsedReply, build_messages, parse_reply
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    model: str
+    threshold: float | None = None  # None on the last tier
+    price: Price | None = None
+    adapter: str | None = None
+    backend: str = "auto"
+
+    def to_dict(self) -> dict:
+        data = {"model": self.model}
+        if self.threshold is not None:
+            data["threshold"] = self.threshold
+        if self.price is not None:
+            data["price"] = self.price.to_dict()
+        if self.adapter:
+            data["adapter"] = self.adapter
+        if self.backend != "auto":
+            data["backend"] = self.backend
+        return data
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    tiers: tuple[TierSpec, ...]
+    generation: GenerationConfig = GenerationConfig()
+
+    def __post_init__(self):
+        if len(self.tiers) < 2:
+            raise ValueError("a cascade needs at least two tiers")
+        for index, tier in enumerate(self.tiers[:-1], start=1):
+            if tier.threshold is None or not 0.0 <= tier.threshold <= 1.0:
+                raise ValueError(f"tier {index} ({tier.model}) needs a threshold in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return {"tiers": [tier.to_dict() for tier in self.tiers],
+                "generation": asdict(self.generation)}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CascadeConfig":
+        if not isinstance(data, dict) or not isinstance(data.get("tiers"), list):
+            raise ValueError("a cascade config is a JSON object with a list of 'tiers'")
+        tiers = []
+        for index, tier in enumerate(data["tiers"], start=1):
+            if not isinstance(tier, dict) or not isinstance(tier.get("model"), str):
+                raise ValueError(f"tier {index} needs a 'model' name")
+            tiers.append(TierSpec(
+                model=tier["model"],
+                threshold=float(tier["threshold"]) if tier.get("threshold") is not None else None,
+                price=Price.from_dict(tier["price"]) if tier.get("price") else None,
+                adapter=tier.get("adapter"), backend=tier.get("backend", "auto"),
+            ))
+        generation = data.get("generation") or {}
+        known = GenerationConfig.__dataclass_fields__
+        unknown = set(generation) - set(known)
+        if unknown:
+            raise ValueError(f"unknown generation option(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(known)}")
+        return cls(tuple(tiers), GenerationConfig(**generation))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CascadeConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read cascade config {path}: {error}") from error
+        return cls.from_dict(data)
+
+
+@dataclass
+class Tier:
+    model: Model
+    threshold: float | None
+    price: Price
+
+
+@dataclass
+class TierStep:
+    """What one tier did with one question."""
+
+    tier: int
+    model: str
+    generation: Generation
+    parsed: ParsedReply
+    cost: float
+    decision: str  # "kept", "deferred" or "final"
+    threshold: float | None
+
+    @property
+    def confidence(self) -> float:
+        return self.parsed.deferral_confidence
+
+
+@dataclass
+class CascadeResult:
+    question: str
+    steps: list[TierStep] = field(default_factory=list)
+    correct: bool | None = None  # set when a gold answer was given
+
+    @property
+    def answer(self) -> str | None:
+        return self.steps[-1].parsed.answer if self.steps else None
+
+    @property
+    def answered_by(self) -> str | None:
+        return self.steps[-1].model if self.steps else None
+
+    @property
+    def cost(self) -> float:
+        return sum(step.cost for step in self.steps)
+
+    @property
+    def latency_s(self) -> float:
+        return sum(step.generation.latency_s for step in self.steps)
+
+
+def _decide(index: int, tiers: list[Tier], parsed: ParsedReply) -> str:
+    tier = tiers[index]
+    if index == len(tiers) - 1:
+        return "final"
+    return "kept" if parsed.deferral_confidence >= tier.threshold else "deferred"
+
+
+class Cascade:
+    def __init__(self, tiers: list[Tier], generation: GenerationConfig = GenerationConfig()):
+        if len(tiers) < 2:
+            raise ValueError("a cascade needs at least two tiers")
+        self.tiers = tiers
+        self.generation = generation
+
+    @classmethod
+    def from_config(cls, config: CascadeConfig, *, token: str | None = None,
+                    price_table: dict[str, Price] | None = None,
+                    loader: Callable[..., Model] = get_model) -> "Cascade":
+        tiers = []
+        for spec in config.tiers:
+            model = loader(spec.model, adapter=spec.adapter, backend=spec.backend, token=token)
+            tiers.append(Tier(model, spec.threshold, resolve_price(model.name, price_table,
+                                                                     spec.price)))
+        return cls(tiers, config.generation)
+
+    def _step(self, index: int, generation: Generation) -> TierStep:
+        tier = self.tiers[index]
+        parsed = parse_reply(generation.text)
+        return TierStep(index + 1, tier.model.name, generation, parsed,
+                        tier.price.cost(generation.prompt_tokens, generation.completion_tokens),
+                        _decide(index, self.tiers, parsed), tier.threshold)
+
+    def answer_batch(self, questions: list[str], *, hint: str | None = None,
+                     golds: list[str] | None = None, checker: str = "numeric"
+                     ) -> list[CascadeResult]:
+        """Answer many questions; each tier sees, as one batch, the questions deferred to it."""
+        conversations = [build_messages(q, hint=hint) for q in questions]
+        results = [CascadeResult(q.strip()) for q in questions]
+        pending = list(range(len(questions)))
+        for index, tier in enumerate(self.tiers):
+            if not pending:
+                break
+            generations = tier.model.generate([conversations[i] for i in pending], self.generation)
+            still_pending = []
+            for question_index, generation in zip(pending, generations):
+                step = self._step(index, generation)
+                results[question_index].steps.append(step)
+                if step.decision == "deferred":
+                    still_pending.append(question_index)
+            pending = still_pending
+        if golds is not None:
+            for result, gold in zip(results, golds):
+                result.correct = is_correct(result.answer, gold, checker)
+        return results
+
+    def answer(self, question: str, *, hint: str | None = None) -> CascadeResult:
+        return self.answer_batch([question], hint=hint)[0]
+
+    def events(self, question: str, *, hint: str | None = None) -> Iterator[dict]:
+        """Stream one question through the tiers: `delta` events while a tier writes, a `step`
+        event when it has decided, and a `done` event with the final result."""
+        messages = build_messages(question, hint=hint)
+        result = CascadeResult(question.strip())
+        start = time.perf_counter()
+        for index, tier in enumerate(self.tiers):
+            yield {"type": "tier_start", "tier": index + 1, "model": tier.model.name}
+            final = None
+            for generation in tier.model.stream(messages, self.generation):
+                if generation.done:
+                    final = generation
+                else:
+                    yield {"type": "delta", "tier": index + 1, "text": generation.text}
+            step = self._step(index, final)
+            result.steps.append(step)
+            yield {"type": "step", "step": step}
+            if step.decision != "deferred":
+                break
+        yield {"type": "done", "result": result, "wall_s": time.perf_counter() - start}

