@@ -39,7 +39,7 @@ def parse_number(text: str | float | int | None) -> float | None:
 
 
 def numbers_match(predicted: float, gold: float) -> bool:
-    return math.isclose(predicted, gold, rel_tol=1e-6, abs_tol=1e-6)
+    return math.isclose(predicted, gold, rel_tol=1e-9, abs_tol=1e-9)
 
 
 _YES = {"yes", "true", "y", "correct", "1"}

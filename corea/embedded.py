@@ -148,6 +148,10 @@ def trainable_copy(name: str) -> Path:
     gguf = model.locate()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already dequantized to float; drop the GGUF "quantizer" so the copy saves
+    # and later loads as a plain, trainable checkpoint.
+    hf_model.hf_quantizer = None
+    hf_model.is_quantized = False
     if getattr(hf_model.config, "quantization_config", None) is not None:
         del hf_model.config.quantization_config
     partial = target.with_name(target.name + ".partial")

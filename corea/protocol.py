@@ -89,8 +89,11 @@ def validate_question(question: str) -> str:
     return question
 
 
-_ANSWER_LINE = re.compile(r"^[ \t>*#_-]*(?:final\s+)?answer\s*[:：]\s*(.*?)\s*$", re.I | re.M)
-_CONFIDENCE_LINE = re.compile(r"^[ \t>*#_-]*confidence(?:\s+level)?\s*[:：]\s*(.*?)\s*$", re.I | re.M)
+# Horizontal whitespace only: an empty "Answer:" line must not swallow the next line.
+_ANSWER_LINE = re.compile(r"^[ \t>*#_-]*(?:final[ \t]+)?answer[ \t]*[:：][ \t]*(.*?)[ \t]*$",
+                          re.I | re.M)
+_CONFIDENCE_LINE = re.compile(
+    r"^[ \t>*#_-]*confidence(?:[ \t]+level)?[ \t]*[:：][ \t]*(.*?)[ \t]*$", re.I | re.M)
 _NUMBER = re.compile(r"^[*_`\s]*([0-9]*\.?[0-9]+)\s*(%?)[*_`\s.]*$")
 
 
@@ -126,5 +129,5 @@ def parse_reply(text: str) -> ParsedReply:
 def format_reply(reasoning: str, answer: str, confidence: float) -> str:
     """A reply in corea's format; the inverse of `parse_reply` (used by tests and warm-up data)."""
     body = reasoning.strip()
-    tail = f"Answer: {answer}\nConfidence: {confidence:g}"
+    tail = f"Answer: {answer}\nConfidence: {round(confidence, 4):g}"
     return f"{body}\n{tail}" if body else tail

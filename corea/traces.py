@@ -153,8 +153,8 @@ def run_trace(model: Model, task: Task, out: str | Path, *, split: str | None = 
 
     bar = tqdm(total=len(examples), initial=len(examples) - len(todo), disable=not progress,
                desc=f"{model.name} on {task.name}/{split}", unit="q")
-    new_rows = []
-    with open(out, "a", encoding="utf-8") as handle:
+    new_rows, handle = [], None
+    try:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             conversations = [build_messages(e.question, few_shot=few_shot, hint=task.hint)
@@ -162,12 +162,18 @@ def run_trace(model: Model, task: Task, out: str | Path, *, split: str | None = 
             generations = model.generate(conversations, config)
             rows = [trace_row(e, task, split, model.name, g, price)
                     for e, g in zip(batch, generations)]
+            # Opened at the first finished batch: a model that fails at once leaves no file.
+            handle = handle or open(out, "a", encoding="utf-8")
             handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             handle.flush()
             os.fsync(handle.fileno())
             new_rows.extend(rows)
             bar.update(len(batch))
-            bar.set_postfix(acc=f"{sum(r['correct'] for r in done + new_rows) / len(done + new_rows):.2f}")
+            so_far = done + new_rows
+            bar.set_postfix(acc=f"{sum(r['correct'] for r in so_far) / len(so_far):.2f}")
+    finally:
+        if handle:
+            handle.close()
     bar.close()
     wanted = {e.id for e in examples}
     rows = [row for row in done + new_rows if row["id"] in wanted]

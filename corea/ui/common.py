@@ -1,0 +1,71 @@
+"""What the app's tabs share: model choices, bundled traces, GPU wrapping, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from corea import embedded
+from corea.models import Model, ModelError, get_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_TRACES = REPO_ROOT / "benchmarks" / "traces"
+ADAPTERS_DIR = REPO_ROOT / "adapters"
+SLM_PREFIX, LLM_PREFIX = "smollm2-", "qwen-"
+
+try:  # ZeroGPU on Spaces; a no-op decorator everywhere else
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:  # pragma: no cover - spaces is in requirements, but the app must not need it
+    def gpu(function=None, **_):
+        return function if function is not None else (lambda f: f)
+
+
+def shipped_adapters() -> list[str]:
+    """Calibrated SLM adapters that ship with the project (directories with adapter_config.json)."""
+    if not ADAPTERS_DIR.is_dir():
+        return []
+    return sorted(str(p.relative_to(REPO_ROOT)) for p in ADAPTERS_DIR.iterdir()
+                  if (p / "adapter_config.json").is_file())
+
+
+def slm_choices() -> list[str]:
+    return [embedded.DEFAULT_SLM, *shipped_adapters()]
+
+
+def llm_choices() -> list[str]:
+    return [embedded.DEFAULT_LLM, embedded.DEFAULT_SLM]
+
+
+def resolve_model_spec(spec: str) -> str:
+    """A choice as typed: relative adapter paths are found from the repository root."""
+    spec = (spec or "").strip()
+    candidate = REPO_ROOT / spec
+    return str(candidate) if spec and not Path(spec).is_absolute() and candidate.exists() else spec
+
+
+def load_for_ui(spec: str, endpoint_model: str = "", token: str = "") -> Model:
+    """A model for a visitor; failures become a message in the page, never a crash or a log of
+    the token."""
+    spec = resolve_model_spec(spec)
+    if spec.startswith(("http://", "https://")) and endpoint_model.strip() and "#" not in spec:
+        spec = f"{spec}#{endpoint_model.strip()}"
+    try:
+        return get_model(spec, token=token.strip() or None)
+    except ModelError as error:
+        raise gr.Error(str(error)) from None
+    except Exception as error:  # a model that cannot be loaded must not take the app down
+        raise gr.Error(f"cannot load model {spec!r}: {type(error).__name__}") from None
+
+
+def bundled_trace_pairs() -> dict[str, tuple[Path, Path]]:
+    """Task name -> (SLM trace, LLM trace) for the default pair's committed trace tables."""
+    pairs = {}
+    for slm in sorted(BUNDLED_TRACES.glob(f"{SLM_PREFIX}*.jsonl")):
+        task = slm.name.removeprefix(SLM_PREFIX).removesuffix(".jsonl")
+        llm = BUNDLED_TRACES / f"{LLM_PREFIX}{task}.jsonl"
+        if llm.is_file():
+            pairs[task] = (slm, llm)
+    return pairs

