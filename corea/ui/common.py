@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -10,7 +11,8 @@ from corea import embedded
 from corea.models import Model, ModelError, get_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLED_TRACES = REPO_ROOT / "benchmarks" / "traces"
+# The trace pairs the Tune tab offers; COREA_TRACES_DIR points it at another folder.
+BUNDLED_TRACES = Path(os.environ.get("COREA_TRACES_DIR") or REPO_ROOT / "benchmarks" / "traces")
 ADAPTERS_DIR = REPO_ROOT / "adapters"
 SLM_PREFIX, LLM_PREFIX = "smollm2-", "qwen-"
 

@@ -178,7 +178,7 @@ def build_tune_tab(demo: gr.Blocks) -> None:
         slm_upload = gr.File(label="…or upload the SLM trace (JSONL)", file_types=[".jsonl"])
         llm_upload = gr.File(label="…and the LLM trace (JSONL)", file_types=[".jsonl"])
         load_button = gr.Button("Load", variant="secondary")
-    threshold = gr.Slider(0, 1, value=0.8, step=0.01, label="Threshold",
+    threshold = gr.Slider(0, 1, value=0.8, step=0.01, label="Threshold", elem_id="tune-threshold",
                           info="the SLM keeps its answer when its confidence ≥ threshold")
     numbers = gr.Markdown(elem_id="tune-numbers")
     with gr.Accordion("Current point as JSON", open=False):
