@@ -33,12 +33,29 @@ def shipped_adapters() -> list[str]:
                   if (p / "adapter_config.json").is_file())
 
 
+# The same weights on the Hub: the defaults where the embedded packages are not installed (a
+# Space, whose GPU wants transformers checkpoints rather than llama.cpp files).
+HUB_SLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+HUB_LLM = "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+
+
+def _installed(name: str) -> bool:
+    try:
+        embedded.resolve_embedded(name).locate()
+    except embedded.EmbeddedModelMissing:
+        return False
+    return True
+
+
 def slm_choices() -> list[str]:
-    return [embedded.DEFAULT_SLM, *shipped_adapters()]
+    """The Ask tab's small models, the default first."""
+    local = [embedded.DEFAULT_SLM] if _installed(embedded.DEFAULT_SLM) else []
+    return [*local, *shipped_adapters(), HUB_SLM]
 
 
 def llm_choices() -> list[str]:
-    return [embedded.DEFAULT_LLM, embedded.DEFAULT_SLM]
+    local = [embedded.DEFAULT_LLM] if _installed(embedded.DEFAULT_LLM) else []
+    return [*local, HUB_LLM, *([embedded.DEFAULT_SLM] if _installed(embedded.DEFAULT_SLM) else [])]
 
 
 def resolve_model_spec(spec: str) -> str:

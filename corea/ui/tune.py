@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from corea.cascade import CascadeConfig, TierSpec
 from corea.costs import default_price
 from corea.metrics import TracePair, evaluate_threshold, join_traces, summarize
-from corea.plots import pareto_figure
+from corea.plots import move_marker, pareto_figure, thin
 from corea.thresholds import GOALS, choose_threshold, random_and_oracle_curves
 from corea.traces import TraceError, parse_trace_lines, read_trace
 from corea.ui.common import bundled_trace_pairs
@@ -35,6 +35,10 @@ class LoadedPair:
     report: dict
     slm_model: str
     llm_model: str
+    # Built at the first slider position, then only their current-point markers move. Slider
+    # events run one at a time per visitor (trigger_mode="always_last"), so no lock is needed.
+    pareto: go.Figure | None = None
+    deferral: go.Figure | None = None
 
 
 def _read_upload(path: str, label: str) -> list[dict]:
@@ -90,11 +94,17 @@ def metrics_markdown(loaded: LoadedPair, point: dict) -> str:
     )
 
 
-def threshold_view(loaded: LoadedPair, threshold: float) -> tuple[go.Figure, str, dict]:
-    """What moving the slider recomputes: the current point, the Pareto plot, the numbers."""
+def threshold_view(loaded: LoadedPair, threshold: float) -> tuple[go.Figure, str, dict, go.Figure]:
+    """What moving the slider recomputes: the current point, both plots' markers, the numbers."""
     point = evaluate_threshold(loaded.pair, threshold)
-    figure = pareto_figure(loaded.report, title="Cost vs accuracy", current=point)
-    return figure, metrics_markdown(loaded, point), point
+    label = f"threshold {point['threshold']:.2f}"
+    if loaded.pareto is None:
+        loaded.pareto = pareto_figure(loaded.report, title="Cost vs accuracy", current=point)
+        loaded.deferral = deferral_figure(loaded, point)
+    else:
+        move_marker(loaded.pareto, point["relative_cost"], point["accuracy"], label)
+        move_marker(loaded.deferral, point["llm_share"], point["accuracy"], label)
+    return loaded.pareto, metrics_markdown(loaded, point), point, loaded.deferral
 
 
 def reliability_figure(report: dict) -> go.Figure:
@@ -119,7 +129,7 @@ def reliability_figure(report: dict) -> go.Figure:
 
 def deferral_figure(loaded: LoadedPair, point: dict | None = None) -> go.Figure:
     curves = random_and_oracle_curves(loaded.pair)
-    points = sorted(loaded.report["points"], key=lambda p: p["llm_share"])
+    points = thin(loaded.report["points"], key="llm_share")
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=[p["llm_share"] for p in points], y=[p["accuracy"] for p in points],
                                 mode="lines+markers", name="confidence", line={"color": "#1f5fa8"}))
@@ -128,9 +138,10 @@ def deferral_figure(loaded: LoadedPair, point: dict | None = None) -> go.Figure:
     figure.add_trace(go.Scatter(x=curves["share"], y=curves["oracle"], mode="lines",
                                 name="oracle", line={"dash": "dash", "color": "#2ca02c"}))
     if point:
-        figure.add_trace(go.Scatter(x=[point["llm_share"]], y=[point["accuracy"]], mode="markers",
-                                    name="current", marker={"size": 14, "symbol": "circle-open",
-                                                            "line": {"width": 3}, "color": "#000"}))
+        figure.add_trace(go.Scatter(
+            x=[point["llm_share"]], y=[point["accuracy"]], mode="markers",
+            name=f"threshold {point['threshold']:.2f}",
+            marker={"size": 14, "symbol": "circle-open", "line": {"width": 3}, "color": "#000"}))
     figure.update_layout(title="Accuracy vs share sent to the LLM", xaxis_title="share deferred",
                          yaxis_title="accuracy", template="plotly_white", xaxis_tickformat=".0%",
                          legend={"orientation": "h", "y": -0.2})
@@ -198,15 +209,13 @@ def build_tune_tab(demo: gr.Blocks) -> None:
 
     def on_load(choice, slm_file, llm_file, value):
         loaded = load_pair(choice, slm_file, llm_file)
-        figure, text, point = threshold_view(loaded, value)
-        return (loaded, figure, text, point, deferral_figure(loaded, point),
-                reliability_figure(loaded.report))
+        figure, text, point, deferral = threshold_view(loaded, value)
+        return loaded, figure, text, point, deferral, reliability_figure(loaded.report)
 
     def on_slide(loaded, value):
         if loaded is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        figure, text, point = threshold_view(loaded, value)
-        return figure, text, point, deferral_figure(loaded, point)
+        return threshold_view(loaded, value)
 
     def on_propose(loaded, goal_label, value):
         if loaded is None:
