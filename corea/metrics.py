@@ -124,7 +124,8 @@ class SweepCurve:
 
 
 def sweep_curve(pair: TracePair) -> SweepCurve:
-    """Accuracy, cost and share deferred at each distinct SLM confidence used as the threshold."""
+    """Accuracy, cost and share deferred at each distinct SLM confidence used as the threshold,
+    and just above the highest one, where every question is deferred."""
     n = len(pair)
     order = np.argsort(-pair.confidence, kind="mergesort")
     conf = pair.confidence[order]
@@ -132,7 +133,9 @@ def sweep_curve(pair: TracePair) -> SweepCurve:
     kept_gain = np.concatenate([[0.0], np.cumsum(pair.slm_correct[order].astype(float)
                                                  - pair.llm_correct[order])])
     kept_saving = np.concatenate([[0.0], np.cumsum(pair.llm_cost[order])])
-    thresholds = np.unique(conf)  # ascending
+    # Every distinct confidence, then the lowest threshold above them all (everything deferred).
+    distinct = np.unique(conf)  # ascending
+    thresholds = np.append(distinct, np.nextafter(distinct[-1], np.inf))
     kept = n - np.searchsorted(conf[::-1], thresholds, side="left")  # count of conf >= t
     accuracy = (pair.llm_correct.sum() + kept_gain[kept]) / n
     cost = (pair.slm_cost.sum() + pair.llm_cost.sum() - kept_saving[kept]) / n

@@ -29,9 +29,7 @@ GOALS = {
 
 
 def _points(pair: TracePair) -> list[dict]:
-    curve = sweep_curve(pair)
-    return [evaluate_threshold(pair, t) for t in curve.thresholds] + [
-        evaluate_threshold(pair, math.nextafter(float(curve.thresholds[-1]), math.inf))]
+    return [evaluate_threshold(pair, t) for t in sweep_curve(pair).thresholds]
 
 
 def choose_threshold(pair: TracePair, goal: str, value: float) -> dict | None:

@@ -1,5 +1,7 @@
 """The sweep and scores checked against numbers computed by hand."""
 
+import math
+
 import pytest
 
 from corea.metrics import (area_under_hull, auroc, brier_score, evaluate_threshold,
@@ -24,7 +26,8 @@ def test_sweep_matches_hand_computation():
     assert report["llm_only"] == {"accuracy": 0.75, "cost": 10.0, "relative_cost": 1.0}
     assert report["slm_only"]["accuracy"] == 0.5 and report["slm_only"]["relative_cost"] == 0.1
     points = {p["threshold"]: p for p in report["points"]}
-    assert sorted(points) == [0.0, 0.6, 0.9]
+    above_all = math.nextafter(0.9, math.inf)
+    assert sorted(points) == [0.0, 0.6, 0.9, above_all]
     # t=0: every SLM answer kept: q1 right, q2 wrong, q3 right, q4 wrong -> 2/4; cost 1 each.
     assert points[0.0]["accuracy"] == 0.5 and points[0.0]["cost"] == 1.0
     assert points[0.0]["llm_share"] == 0.0
@@ -33,7 +36,11 @@ def test_sweep_matches_hand_computation():
     assert points[0.6]["relative_cost"] == 0.35 and points[0.6]["llm_share"] == 0.25
     # t=0.9: q2, q3, q4 deferred -> q1 SLM right, LLM right/wrong/right -> 3/4; cost (4+30)/4.
     assert points[0.9]["accuracy"] == 0.75 and points[0.9]["cost"] == 8.5
-    assert [points[t]["on_frontier"] for t in (0.0, 0.6, 0.9)] == [True, True, False]
+    # Above every confidence all questions are deferred: the LLM's accuracy, both costs.
+    assert points[above_all]["accuracy"] == 0.75 and points[above_all]["cost"] == 11.0
+    assert points[above_all]["llm_share"] == 1.0
+    assert [points[t]["on_frontier"] for t in (0.0, 0.6, 0.9, above_all)] == [True, True, False,
+                                                                            False]
     best = report["best_within_2pt"]
     assert best["threshold"] == 0.6 and best["saving"] == pytest.approx(0.65)
 
