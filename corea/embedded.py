@@ -132,20 +132,27 @@ def resolve_embedded(name: str) -> EmbeddedModel | None:
 
 
 def trainable_copy(name: str) -> Path:
-    """A transformers checkpoint of an embedded model, converted from its GGUF once and cached.
+    """A transformers checkpoint of an embedded model, converted from its GGUF once and cached."""
+    model = resolve_embedded(name)
+    if model is None:
+        raise ValueError(f"{name!r} is not an embedded model")
+    return gguf_checkpoint(model.locate(), cache_dir() / f"{model.name}-hf")
+
+
+def gguf_checkpoint(gguf: Path, target: Path | None = None) -> Path:
+    """A GGUF file converted once into a transformers checkpoint directory (cached).
 
     A GGUF-loaded model is flagged as quantized and cannot be trained; a saved copy without the
     quantization config can, and also loads much faster than re-reading the GGUF.
     """
-    model = resolve_embedded(name)
-    if model is None:
-        raise ValueError(f"{name!r} is not an embedded model")
-    target = cache_dir() / f"{model.name}-hf"
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise ValueError(f"GGUF file {gguf} does not exist")
+    target = target or cache_dir() / f"{gguf.stem}-hf"
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = model.locate()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are already dequantized to float; drop the GGUF "quantizer" so the copy saves

@@ -236,3 +236,27 @@ def summarize(pair: TracePair, max_drop: float = DEFAULT_MAX_DROP) -> dict:
         "brier": brier_score(pair.confidence, pair.slm_correct),
         "reliability": reliability_bins(pair.confidence, pair.slm_correct),
     }
+
+
+def trace_summary(rows: list[dict]) -> dict:
+    """One model's trace on its own: accuracy, format rate and calibration, overall and by level."""
+    confidence = np.array([_confidence(row) for row in rows], dtype=float)
+    correct = np.array([row["correct"] for row in rows], dtype=bool)
+    summary = {
+        "n": len(rows),
+        "accuracy": float(correct.mean()),
+        "format_rate": float(np.mean([row.get("format_ok", row["confidence"] is not None)
+                                      for row in rows])),
+        "mean_confidence": float(confidence.mean()),
+        "ece": expected_calibration_error(confidence, correct),
+        "auroc": auroc(confidence, correct),
+        "brier": brier_score(confidence, correct),
+    }
+    levels = sorted({row["meta"]["level"] for row in rows if "level" in row.get("meta", {})})
+    if levels:
+        summary["accuracy_by_level"] = {
+            str(level): float(np.mean([r["correct"] for r in rows
+                                       if r.get("meta", {}).get("level") == level]))
+            for level in levels
+        }
+    return summary

@@ -1,0 +1,162 @@
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import embedded_installed
+from training.config import TrainConfig, load_config
+from training.data import training_rows
+
+CONFIGS = sorted(Path("training/configs").glob("*.yaml"))
+
+
+def tiny_overrides(model_dir, output_dir, steps=2):
+    return ["--model", str(model_dir), "--tasks", "arith-1", "--train_size", "4",
+            "--max_steps", str(steps), "--per_device_train_batch_size", "4",
+            "--num_generations", "2", "--max_completion_length", "8", "--eval_limit", "2",
+            "--eval_tasks", "arith-1", "--eval_max_new_tokens", "4", "--output_dir",
+            str(output_dir), "--save_steps", "1", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    assert isinstance(load_config(path), TrainConfig)
+
+
+def test_unknown_key_names_the_closest_option(tmp_path):
+    with pytest.raises(ValueError, match="unknown option 'max_step'.*did you mean max_steps"):
+        load_config(None, ["--max_step", "3"])
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="did you mean learning_rate"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max_steps", "many"], "takes a int"),
+    (["--curriculum", "maybe"], "true or false"),
+    (["--per_device_train_batch_size", "6", "--num_generations", "4"], "multiple of"),
+    (["--confidence_reward", "kl"], "confidence_reward must be"),
+    (["--num_generations", "1", "--per_device_train_batch_size", "2"], "at least 2"),
+])
+def test_bad_values_are_refused(args, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, args)
+
+
+def test_overrides_accept_both_spellings_and_lists():
+    config = load_config(None, ["--max-steps=7", "--tasks", "arith-1,gsm8k"])
+    assert config.max_steps == 7 and config.tasks == ["arith-1", "gsm8k"]
+
+
+def test_training_and_evaluation_never_share_questions():
+    config = load_config(None, ["--tasks", "arith-1,arith-2,gsm8k", "--train_size", "300",
+                                "--eval_tasks", "arith-1,arith-2,gsm8k", "--eval_limit", "300"])
+    rows = training_rows(config)  # raises if any evaluation question were a training question
+    assert [r["level"] for r in rows] == sorted(r["level"] for r in rows)  # easy first
+    assert all(r["id"].startswith(("arith1-train", "arith2-train", "gsm8k-train")) for r in rows)
+
+
+def test_tasks_without_a_train_split_are_refused():
+    with pytest.raises(ValueError, match="no train split"):
+        training_rows(load_config(None, ["--tasks", "svamp", "--eval_limit", "0"]))
+
+
+def test_a_file_without_the_needed_columns_is_refused(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"prompt": "2+2?", "answer": 4}) + "\n")
+    with pytest.raises(ValueError, match="no column 'question'"):
+        training_rows(load_config(None, ["--tasks", str(path), "--eval_limit", "0"]))
+
+
+def run_training(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_model_that_cannot_be_trained_fails_before_training(tmp_path):
+    result = run_training("grpo", "--model", str(tmp_path / "nothing-here"), "--output_dir",
+                          str(tmp_path / "run"), "--eval_limit", "0")
+    assert result.returncode == 2 and "cannot train" in result.stderr
+    assert not (tmp_path / "run" / "train_log.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tiny import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("grpo")
+    model = build_tiny_model(folder / "model")
+    result = run_training("grpo", *tiny_overrides(model, folder / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def test_grpo_smoke_writes_an_adapter_and_finite_logs(tiny_run):
+    run_dir = tiny_run / "run"
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    steps = [entry for entry in log if "reward" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2]
+    for entry in steps:
+        for key in ("reward", "rewards/format_reward/mean", "rewards/brier_reward/mean",
+                    "calibration/ece", "completions/mean_length"):
+            assert math.isfinite(entry[key]), key
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["steps"] == 2 and run["log_finite"]
+    assert set(run["before"]) == set(run["after"]) == {"arith-1", "all"}
+    assert (run_dir / "training_curves.html").stat().st_size > 1000
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_run):
+    result = run_training("grpo", *tiny_overrides(tiny_run / "model", tiny_run / "run", steps=3))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tiny_run / "run" / "run.json").read_text())
+    assert run["steps"] == 3 and run["resumed_from"].endswith("checkpoint-2")
+
+
+def test_push_dry_run_writes_adapter_and_card(tiny_run, tmp_path):
+    out = tmp_path / "push"
+    result = run_training("push", "--adapter", str(tiny_run / "run" / "adapter"), "--repo",
+                          "me/tiny-calibrated", "--dry-run", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "adapter_model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "library_name: peft" in card
+    assert "accuracy before → after" in card and "| arith-1 | 2 |" in card
+    assert "Brier, 1 − (correct − c)²" in card
+
+
+def test_push_dry_run_merged(tiny_run, tmp_path):
+    out = tmp_path / "merged"
+    result = run_training("push", "--adapter", str(tiny_run / "run" / "adapter"), "--repo",
+                          "me/tiny", "--merge", "--dry-run", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert "library_name: transformers" in (out / "README.md").read_text()
+
+
+def test_push_without_a_token_stops_before_any_work(tiny_run, tmp_path, monkeypatch):
+    env_home = tmp_path / "hf"
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "push", "--adapter", str(tiny_run / "run" / "adapter"),
+         "--repo", "me/tiny"], capture_output=True, text=True, timeout=300,
+        env={**{k: v for k, v in __import__("os").environ.items() if k != "HF_TOKEN"},
+             "HF_HOME": str(env_home)})
+    assert result.returncode == 2 and "no Hugging Face token" in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not embedded_installed("smollm2"), reason="embedded SLM not installed")
+def test_cpu_smoke_config_on_the_embedded_slm(tmp_path):
+    result = run_training("grpo", "--config", "training/configs/cpu-smoke.yaml", "--output_dir",
+                          str(tmp_path / "smoke"), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "smoke" / "run.json").read_text())
+    assert run["steps"] == 3 and run["log_finite"]
+    assert run["after"]["all"]["n"] == 4

@@ -1,0 +1,177 @@
+"""The options of a GRPO calibration run: one dataclass, each field with its help text.
+
+A run reads a YAML file (training/configs/*.yaml) and then `--key value` overrides; an unknown key,
+a wrong type or an impossible value is an error before anything loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from training.rewards import CONFIDENCE_REWARDS
+
+
+def option(default, help: str, **kwargs):  # noqa: A002 - mirrors argparse
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = option("smollm2", "the SLM to train: an embedded name, a local checkpoint, a Hub "
+                                   "id, or a .gguf file (converted once to a trainable copy)")
+    trust_remote_code: bool = option(False, "allow model code from the Hub (off unless you ask)")
+    # data
+    tasks: list[str] = option(["arith-1", "arith-2", "arith-3"],
+                              "training tasks: built-in names (their train split), a "
+                              ".jsonl/.json/.csv file, or hub:owner/name")
+    train_size: int = option(512, "questions taken from each task")
+    curriculum: bool = option(True, "order questions easy first (by task order, then level) "
+                                    "instead of shuffling")
+    question_field: str = option("question", "column of the question, for file/Hub tasks")
+    answer_field: str = option("answer", "column of the gold answer, for file/Hub tasks")
+    checker: str = option("numeric", "answer checker for file/Hub tasks: numeric, yesno, "
+                                     "choice, exact")
+    few_shot: bool = option(True, "include corea's two worked examples in each prompt, as served")
+    # reward
+    confidence_reward: str = option("brier", "brier: 1-(correct-c)^2 (RLCR); corea_l1: "
+                                             "-|c - p_group| (COREA)")
+    format_weight: float = option(0.5, "weight of the format reward")
+    correct_weight: float = option(1.0, "weight of the correctness reward")
+    confidence_weight: float = option(0.5, "weight of the confidence reward")
+    # GRPO
+    max_steps: int = option(200, "optimizer steps")
+    learning_rate: float = option(5e-5, "peak learning rate (LoRA)")
+    per_device_train_batch_size: int = option(8, "completions per device per step; a multiple "
+                                                 "of num_generations")
+    gradient_accumulation_steps: int = option(1, "steps accumulated per optimizer update")
+    num_generations: int = option(4, "completions sampled per prompt (the GRPO group)")
+    max_completion_length: int = option(128, "longest completion in tokens")
+    temperature: float = option(0.7, "sampling temperature of the rollouts")
+    beta: float = option(0.0, "KL penalty against the reference model (0 = none, as in RLCR)")
+    scale_rewards: str = option("none", "advantage scaling: none (Dr. GRPO, RLCR), group, batch")
+    loss_type: str = option("dr_grpo", "TRL loss: grpo, dr_grpo, dapo, bnpo")
+    use_vllm: bool = option(False, "generate rollouts with vLLM (GPU only)")
+    # LoRA
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.05, "LoRA dropout")
+    lora_target_modules: str = option("all-linear", "modules that get adapters")
+    # runtime
+    output_dir: str = option("runs/grpo", "where checkpoints, the adapter, logs and plots go")
+    device: str = option("auto", "auto (CUDA when present), cpu or cuda")
+    bf16: bool = option(False, "bfloat16 training (GPU)")
+    seed: int = option(0, "random seed")
+    logging_steps: int = option(1, "log every N steps")
+    save_steps: int = option(25, "checkpoint every N steps (resume picks the last one)")
+    resume: bool = option(True, "continue from the last checkpoint in output_dir if there is one")
+    # evaluation before and after training, on held-out questions
+    eval_tasks: list[str] = option(["arith-1", "arith-2", "arith-3"],
+                                   "held-out tasks (their test split) scored before and after")
+    eval_limit: int = option(40, "questions per eval task (0 = no evaluation)")
+    eval_max_new_tokens: int = option(160, "reply length at evaluation")
+
+    def __post_init__(self):
+        if self.confidence_reward not in CONFIDENCE_REWARDS:
+            raise ValueError(f"confidence_reward must be one of {', '.join(CONFIDENCE_REWARDS)}")
+        if self.scale_rewards not in ("none", "group", "batch"):
+            raise ValueError("scale_rewards must be none, group or batch")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError("device must be auto, cpu or cuda")
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be at least 2: GRPO compares a group")
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(f"per_device_train_batch_size ({self.per_device_train_batch_size}) must "
+                             f"be a multiple of num_generations ({self.num_generations})")
+        for name in ("max_steps", "train_size", "max_completion_length", "save_steps",
+                     "logging_steps", "gradient_accumulation_steps", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.eval_limit < 0:
+            raise ValueError("eval_limit cannot be negative")
+        if not self.tasks:
+            raise ValueError("tasks is empty: name at least one training task")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _convert(name: str, raw):
+    kind = typing.get_type_hints(TrainConfig)[name]
+    if isinstance(raw, str):
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"--{name} takes true or false, not {raw!r}")
+        if typing.get_origin(kind) is list:
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"--{name} takes a {kind.__name__}, not {raw!r}") from None
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    expected = list if typing.get_origin(kind) is list else kind
+    if not isinstance(raw, expected) or (expected is int and isinstance(raw, bool)):
+        raise ValueError(f"{name} takes a {getattr(expected, '__name__', expected)}, "
+                         f"not {type(raw).__name__} {raw!r}")
+    return raw
+
+
+def _check_key(name: str) -> str:
+    key = name.replace("-", "_")
+    if key not in FIELDS:
+        close = difflib.get_close_matches(key, FIELDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"unknown option {name!r}{hint}; `python -m training grpo --help` lists them")
+    return key
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """A config from a YAML file (or the defaults) and `--key value` / `--key=value` overrides."""
+    values: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"cannot read config {path}: {error}") from error
+        if not isinstance(data, dict):
+            raise ValueError(f"config {path} must be a mapping of option: value")
+        for name, raw in data.items():
+            key = _check_key(str(name))
+            values[key] = _convert(key, raw)
+    items = list(overrides or [])
+    while items:
+        token = items.pop(0)
+        if not token.startswith("--"):
+            raise ValueError(f"expected --key value, got {token!r}")
+        name, _, raw = token[2:].partition("=")
+        if not _:
+            if not items:
+                raise ValueError(f"--{name} needs a value")
+            raw = items.pop(0)
+        key = _check_key(name)
+        values[key] = _convert(key, raw)
+    return TrainConfig(**values)
+
+
+def options_help() -> str:
+    lines = []
+    for name, spec in FIELDS.items():
+        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING \
+            else spec.default
+        lines.append(f"  --{name:<28} {spec.metadata['help']} (default: {default})")
+    return "\n".join(lines)
