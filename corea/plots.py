@@ -1,9 +1,14 @@
-"""Plotly figures of a sweep report (the CLI writes them as HTML; the app shows them live)."""
+"""Plotly figures: a sweep report's Pareto plot and a training run's curves (the CLI writes them
+as HTML; the app shows them live)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 MAX_PLOTTED_POINTS = 400  # more are indistinguishable on screen and slow to send on every move
 
@@ -62,4 +67,44 @@ def move_marker(figure: go.Figure, x: float, y: float, name: str) -> go.Figure:
     """Move a figure's current-point marker (its last trace) without rebuilding the figure:
     rebuilding costs tens of milliseconds, moving one marker a fraction of one."""
     figure.data[-1].update(x=[x], y=[y], name=name)
+    return figure
+
+
+# Training curves, from the JSON Lines log that `python -m training grpo` writes.
+
+PANELS = (
+    ("Reward", ("reward", "rewards/format_reward/mean", "rewards/correctness_reward/mean",
+                "rewards/brier_reward/mean", "rewards/group_l1_reward/mean")),
+    ("Calibration of the batch", ("calibration/ece", "calibration/accuracy",
+                                  "calibration/mean_confidence", "calibration/format_rate")),
+    ("Completion length (tokens)", ("completions/mean_length",)),
+)
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The log's entries; a line cut off by an interrupted run is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and "step" in entry:
+            entries.append(entry)
+    return entries
+
+
+def training_figure(log: list[dict]) -> go.Figure:
+    figure = make_subplots(rows=1, cols=len(PANELS), subplot_titles=[p[0] for p in PANELS])
+    for column, (_, keys) in enumerate(PANELS, start=1):
+        for key in keys:
+            points = [(e["step"], e[key]) for e in log if isinstance(e.get(key), (int, float))]
+            if points:
+                figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points],
+                                            mode="lines+markers", name=key), row=1, col=column)
+    figure.update_xaxes(title_text="step")
+    figure.update_layout(template="plotly_white", height=420, legend={"orientation": "h", "y": -0.25})
     return figure

@@ -23,9 +23,9 @@ from tiny import build_tiny_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_app(port: int) -> subprocess.Popen:
+def start_app(port: int, **extra_env) -> subprocess.Popen:
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GRADIO_ANALYTICS_ENABLED": "False", **extra_env}
     process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -42,9 +42,26 @@ def start_app(port: int) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def runs_dir(tmp_path_factory):
+    """A training run's log and record in the format `python -m training grpo` writes them."""
+    run = tmp_path_factory.mktemp("runs") / "runs" / "demo"
+    run.mkdir(parents=True)
+    entries = [{"step": s, "reward": 0.2 * s, "rewards/format_reward/mean": 0.3 + 0.1 * s,
+                "rewards/brier_reward/mean": 0.5, "calibration/ece": 0.4 - 0.05 * s,
+                "completions/mean_length": 60 - s} for s in (1, 2, 3)]
+    (run / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    scores = {"n": 10, "accuracy": 0.3, "format_rate": 0.5, "ece": 0.4, "auroc": 0.6, "brier": 0.3}
+    (run / "run.json").write_text(json.dumps({
+        "base_model": "smollm2", "steps": 3, "config": {"confidence_reward": "brier",
+                                                        "tasks": ["arith-1"]},
+        "before": {"all": scores}, "after": {"all": {**scores, "ece": 0.1}}}))
+    return run.parent
+
+
+@pytest.fixture(scope="module")
+def app_url(runs_dir):
     port = free_port()
-    process = start_app(port)
+    process = start_app(port, COREA_RUNS_DIR=str(runs_dir))
     yield f"http://127.0.0.1:{port}/"
     process.terminate()
     output, _ = process.communicate(timeout=30)
@@ -171,3 +188,11 @@ def test_visitors_do_not_share_tuning_state(app_url, uploaded, tmp_path):
                    api_name="/tune_load")
     assert "4 questions" in first.predict(0.5, api_name="/tune_threshold")[1]
     assert "10 questions" in second.predict(0.5, api_name="/tune_threshold")[1]
+
+
+def test_training_curves_from_a_run_log(client):
+    figure, summary = client.predict("runs/demo", api_name="/training_run")
+    assert "3 steps" in summary and "0.400 → 0.100" in summary
+    plotted = json.loads(figure["plot"]) if isinstance(figure, dict) else figure
+    names = {trace["name"] for trace in plotted["data"]}
+    assert {"reward", "calibration/ece", "completions/mean_length"} <= names

@@ -185,7 +185,7 @@ def train(config: TrainConfig) -> dict:
         run["after"] = _evaluate(config, checkpoint, adapter_dir, "after")
         _save_run(output_dir, run)
 
-    from training.curves import read_log, training_figure
+    from corea.plots import read_log, training_figure
 
     log = read_log(output_dir / LOG_FILE)
     if log:

@@ -1,4 +1,5 @@
-"""The Gradio demo: ask through the cascade, tune the threshold on trace tables, run a batch."""
+"""The Gradio demo: ask through the cascade, tune the threshold on trace tables, run a batch,
+watch training curves."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import gradio as gr
 
 from corea.ui.ask import build_ask_tab
 from corea.ui.batch import build_batch_tab
+from corea.ui.training import build_training_tab
 from corea.ui.tune import build_tune_tab
 
 INTRO = """# corea — a small model answers first; the unsure go to a large one
@@ -24,6 +26,8 @@ def build_demo() -> gr.Blocks:
                 build_tune_tab(demo)
             with gr.Tab("Run a batch", id="batch"):
                 build_batch_tab()
+            with gr.Tab("Training curves", id="training"):
+                build_training_tab()
     # Model work runs one request at a time (2 CPU cores); the queue bounds how many wait.
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
