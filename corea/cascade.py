@@ -143,7 +143,7 @@ class CascadeResult:
         return sum(step.generation.latency_s for step in self.steps)
 
 
-def _decide(index: int, tiers: list[Tier], parsed: ParsedReply) -> str:
+def _decision(index: int, tiers: list[Tier], parsed: ParsedReply) -> str:
     tier = tiers[index]
     if index == len(tiers) - 1:
         return "final"
@@ -168,12 +168,13 @@ class Cascade:
                                                                      spec.price)))
         return cls(tiers, config.generation)
 
-    def _step(self, index: int, generation: Generation) -> TierStep:
+    def decide(self, index: int, generation: Generation) -> TierStep:
+        """Tier `index`'s step for a generation: parsed, priced, kept or deferred."""
         tier = self.tiers[index]
         parsed = parse_reply(generation.text)
         return TierStep(index + 1, tier.model.name, generation, parsed,
                         tier.price.cost(generation.prompt_tokens, generation.completion_tokens),
-                        _decide(index, self.tiers, parsed), tier.threshold)
+                        _decision(index, self.tiers, parsed), tier.threshold)
 
     def answer_batch(self, questions: list[str], *, hint: str | None = None,
                      golds: list[str] | None = None, checker: str = "numeric"
@@ -188,7 +189,7 @@ class Cascade:
             generations = tier.model.generate([conversations[i] for i in pending], self.generation)
             still_pending = []
             for question_index, generation in zip(pending, generations):
-                step = self._step(index, generation)
+                step = self.decide(index, generation)
                 results[question_index].steps.append(step)
                 if step.decision == "deferred":
                     still_pending.append(question_index)
@@ -215,7 +216,7 @@ class Cascade:
                     final = generation
                 else:
                     yield {"type": "delta", "tier": index + 1, "text": generation.text}
-            step = self._step(index, final)
+            step = self.decide(index, final)
             result.steps.append(step)
             yield {"type": "step", "step": step}
             if step.decision != "deferred":

@@ -245,6 +245,22 @@ def _sweep_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# -------------------------------------------------------------------------------------------- serve
+
+def cmd_serve(args) -> int:
+    from corea.cascade import CascadeConfig
+    from corea.serve import ServePolicy, serve
+
+    try:
+        config = CascadeConfig.load(args.config)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    policy = ServePolicy(retries=args.retries, backoff_s=args.backoff, cooldown_s=args.cooldown,
+                         max_new_tokens=args.max_tokens_limit)
+    serve(config, args.host, args.port, policy, token=_token(args))
+    return 0
+
+
 # --------------------------------------------------------------------------------------- listings
 
 def cmd_models(args) -> int:
@@ -336,6 +352,26 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-drop", type=float, default=0.02,
                        help="accuracy loss allowed for the 'best' threshold (default: %(default)s)")
     sweep.set_defaults(handler=cmd_sweep)
+
+    serve_parser = commands.add_parser(
+        "serve", help="serve the cascade as an OpenAI-compatible chat API",
+        description="POST /v1/chat/completions (streaming and not), GET /v1/models, GET /health. "
+                    "Point any OpenAI client at http://HOST:PORT/v1.")
+    serve_parser.add_argument("--config", type=Path, required=True,
+                              help="the cascade config JSON (as the app's threshold tuning exports)")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    serve_parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    serve_parser.add_argument("--retries", type=int, default=2,
+                              help="retries of a failed tier call, with backoff (default: 2)")
+    serve_parser.add_argument("--backoff", type=float, default=0.5,
+                              help="first retry wait in seconds, doubling (default: 0.5)")
+    serve_parser.add_argument("--cooldown", type=float, default=30.0,
+                              help="seconds a repeatedly failing tier is skipped (default: 30)")
+    serve_parser.add_argument("--max-tokens-limit", type=int, default=512,
+                              help="the largest max_tokens a request may ask (default: 512)")
+    serve_parser.add_argument("--token-env", default=None, metavar="VAR",
+                              help="environment variable with the endpoint tiers' token")
+    serve_parser.set_defaults(handler=cmd_serve)
 
     models = commands.add_parser("models", help="list the embedded models and their prices")
     models.add_argument("--locate", action="store_true",

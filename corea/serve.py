@@ -1,0 +1,339 @@
+"""`python -m corea serve`: the cascade behind an OpenAI-compatible chat API.
+
+    python -m corea serve --config cascade.json --port 8000
+    # any OpenAI client: base_url="http://127.0.0.1:8000/v1"
+
+The last user message is the question; it is asked in corea's protocol (its system prompt and worked
+examples), so each tier states a confidence and the cascade decides as everywhere else. Each
+response carries the standard `usage` (summed over the tiers called) and a `corea` field: which
+tier answered, every tier's confidence and decision, the cost, and whether it was a fallback.
+
+Failures: a tier whose call fails is retried with exponential backoff; after the last retry the
+question is answered by the last tier that did answer, marked `fallback: true`. A tier that keeps
+failing is cooled down (skipped) for a while. Requests are bounded in size and generation length.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corea.cascade import Cascade, CascadeConfig, TierStep
+from corea.models import Generation, GenerationConfig, ModelError
+from corea.protocol import MAX_QUESTION_CHARS, build_messages
+
+SERVED_MODEL = "corea-cascade"
+MAX_BODY_BYTES = 256 * 1024
+MAX_MESSAGES = 64
+
+
+@dataclass
+class ServePolicy:
+    retries: int = 2  # further attempts after a failed call
+    backoff_s: float = 0.5  # first wait; doubles each retry
+    failures_to_cool: int = 3  # consecutive failed calls that put a tier in cool-down
+    cooldown_s: float = 30.0
+    max_new_tokens: int = 512  # the most a request may ask for
+
+
+# ------------------------------------------------------------------------------ request and errors
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | None = Field(default=None, max_length=MAX_QUESTION_CHARS * 4)
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    model: str | None = None
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    """The OpenAI error shape."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# ------------------------------------------------------------------------------------ tier health
+
+@dataclass
+class TierHealth:
+    failures: int = 0
+    cooled_until: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def available(self) -> bool:
+        return time.monotonic() >= self.cooled_until
+
+    def record(self, ok: bool, policy: ServePolicy) -> None:
+        with self.lock:
+            if ok:
+                self.failures = 0
+                return
+            self.failures += 1
+            if self.failures >= policy.failures_to_cool:
+                self.cooled_until = time.monotonic() + policy.cooldown_s
+                self.failures = 0
+
+
+class CascadeService:
+    """Answers chat requests with a cascade; keeps per-tier health across requests."""
+
+    def __init__(self, cascade: Cascade, policy: ServePolicy = ServePolicy()):
+        self.cascade = cascade
+        self.policy = policy
+        self.health = [TierHealth() for _ in cascade.tiers]
+
+    # -- one tier, with retries
+    def _call(self, index: int, messages: list[dict], config: GenerationConfig) -> Generation | None:
+        tier, health = self.cascade.tiers[index], self.health[index]
+        if not health.available():
+            return None
+        wait = self.policy.backoff_s
+        for attempt in range(self.policy.retries + 1):
+            try:
+                generation = tier.model.generate([messages], config)[0]
+            except ModelError:
+                health.record(False, self.policy)
+                if attempt == self.policy.retries or not health.available():
+                    return None
+                time.sleep(wait)
+                wait *= 2
+                continue
+            health.record(True, self.policy)
+            return generation
+        return None
+
+    def answer(self, question: str, config: GenerationConfig) -> dict:
+        """Every tier's step and the final answer; falls back instead of failing."""
+        messages = build_messages(question)
+        steps, failed = [], []
+        for index in range(len(self.cascade.tiers)):
+            generation = self._call(index, messages, config)
+            if generation is None:
+                failed.append(index + 1)
+                continue
+            step = self.cascade.decide(index, generation)
+            steps.append(step)
+            if step.decision != "deferred":
+                break
+        return self._result(steps, failed)
+
+    def _result(self, steps: list[TierStep], failed: list[int]) -> dict:
+        if not steps:
+            raise ApiError(503, "every tier of the cascade failed; try again later",
+                           "service_unavailable")
+        final = steps[-1]
+        fallback = final.decision == "deferred"  # a later tier should have answered, and failed
+        return {"steps": steps, "final": final, "fallback": fallback, "failed_tiers": failed}
+
+    def stream(self, question: str, config: GenerationConfig) -> Iterator[tuple[str, object]]:
+        """("delta", text) while the answering tier writes, then ("result", result).
+
+        A tier whose answer may yet be deferred is not streamed; the tier that answers is: a kept
+        first-tier answer is sent as it stood, a deferred question streams the next tier live."""
+        messages = build_messages(question)
+        steps, failed = [], []
+        last = len(self.cascade.tiers) - 1
+        for index in range(len(self.cascade.tiers)):
+            sent = 0
+            if index < last or not self.health[index].available():
+                generation = self._call(index, messages, config)
+            else:
+                generation, sent = yield from self._stream_last(index, messages, config)
+            if generation is None:
+                failed.append(index + 1)
+                continue
+            step = self.cascade.decide(index, generation)
+            steps.append(step)
+            if step.decision != "deferred":
+                if generation.text[sent:]:
+                    yield "delta", generation.text[sent:]
+                break
+        result = self._result(steps, failed)
+        if result["fallback"]:
+            yield "delta", result["final"].generation.text
+        yield "result", result
+
+    def _stream_last(self, index: int, messages: list[dict], config: GenerationConfig):
+        """Stream the last tier live; returns (its generation or None, characters already sent)."""
+        tier, health = self.cascade.tiers[index], self.health[index]
+        sent = ""
+        try:
+            for generation in tier.model.stream(messages, config):
+                if generation.done:
+                    health.record(True, self.policy)
+                    return generation, len(sent)
+                yield "delta", generation.text[len(sent):]
+                sent = generation.text
+        except ModelError:
+            health.record(False, self.policy)
+            if sent:  # part of the answer went out already: finish with what was written
+                return Generation(sent, 0, 0, 0.0), len(sent)
+        return self._call(index, messages, config), 0
+
+
+# ---------------------------------------------------------------------------------------- the app
+
+def _question(request: ChatRequest) -> str:
+    users = [m for m in request.messages if m.role == "user" and (m.content or "").strip()]
+    if not users:
+        raise ApiError(400, "messages need at least one non-empty user message", param="messages")
+    question = users[-1].content.strip()
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ApiError(400, f"the last user message is {len(question)} characters; the limit is "
+                            f"{MAX_QUESTION_CHARS}", param="messages")
+    return question
+
+
+def _generation_config(request: ChatRequest, base: GenerationConfig, policy: ServePolicy):
+    asked = request.max_completion_tokens or request.max_tokens
+    if asked is not None and asked > policy.max_new_tokens:
+        raise ApiError(400, f"max_tokens {asked} is over this server's limit of "
+                            f"{policy.max_new_tokens}", param="max_tokens")
+    config = replace(base, max_new_tokens=min(asked or base.max_new_tokens, policy.max_new_tokens))
+    if request.temperature is not None:
+        config = replace(config, temperature=request.temperature)
+    if request.top_p is not None:
+        config = replace(config, top_p=request.top_p)
+    if request.seed is not None:
+        config = replace(config, seed=request.seed)
+    return config
+
+
+def _corea_field(result: dict) -> dict:
+    final: TierStep = result["final"]
+    return {
+        "answered_by": final.model, "tier": final.tier, "answer": final.parsed.answer,
+        "fallback": result["fallback"], "failed_tiers": result["failed_tiers"],
+        "cost": sum(step.cost for step in result["steps"]),
+        "tiers": [{"tier": s.tier, "model": s.model, "confidence": s.parsed.confidence,
+                   "decision": s.decision, "cost": s.cost} for s in result["steps"]],
+    }
+
+
+def _usage(result: dict) -> dict:
+    prompt = sum(s.generation.prompt_tokens for s in result["steps"])
+    completion = sum(s.generation.completion_tokens for s in result["steps"])
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def create_app(cascade: Cascade, policy: ServePolicy = ServePolicy()) -> FastAPI:
+    service = CascadeService(cascade, policy)
+    app = FastAPI(title="corea cascade", version="1")
+    app.state.service = service
+
+    @app.middleware("http")
+    async def bound_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse(error_body(f"request body over {MAX_BODY_BYTES} bytes",
+                                           "invalid_request_error"), status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_, error: ApiError):
+        return JSONResponse(error_body(error.message, error.kind, error.param),
+                            status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, error: RequestValidationError):
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        message = f"{where or 'body'}: {first.get('msg', 'invalid request')}"
+        return JSONResponse(error_body(message, "invalid_request_error", where or None),
+                            status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, error: StarletteHTTPException):
+        return JSONResponse(error_body(str(error.detail), "invalid_request_error"),
+                            status_code=error.status_code)
+
+    @app.get("/health")
+    def health():
+        now = time.monotonic()
+        return {"status": "ok", "tiers": [
+            {"tier": i + 1, "model": t.model.name, "threshold": t.threshold,
+             "cooling_down_s": max(0.0, round(h.cooled_until - now, 1))}
+            for i, (t, h) in enumerate(zip(cascade.tiers, service.health))]}
+
+    @app.get("/v1/models")
+    def models():
+        created = int(time.time())
+        return {"object": "list", "data": [
+            {"id": SERVED_MODEL, "object": "model", "created": created, "owned_by": "corea"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat(request: ChatRequest):
+        question = _question(request)
+        config = _generation_config(request, cascade.generation, policy)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if request.stream:
+            return StreamingResponse(_sse(service, question, config, completion_id, created),
+                                     media_type="text/event-stream")
+        result = service.answer(question, config)
+        final = result["final"]
+        return {
+            "id": completion_id, "object": "chat.completion", "created": created,
+            "model": SERVED_MODEL,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": final.generation.text}}],
+            "usage": _usage(result), "corea": _corea_field(result),
+        }
+
+    return app
+
+
+def _sse(service: CascadeService, question: str, config: GenerationConfig, completion_id: str,
+         created: int) -> Iterator[str]:
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                "model": SERVED_MODEL,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        for kind, value in service.stream(question, config):
+            if kind == "delta" and value:
+                yield chunk({"content": value})
+            elif kind == "result":
+                yield chunk({}, "stop", usage=_usage(value), corea=_corea_field(value))
+    except ApiError as error:
+        yield f"data: {json.dumps(error_body(error.message, error.kind))}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def serve(config: CascadeConfig, host: str, port: int, policy: ServePolicy = ServePolicy(),
+          token: str | None = None) -> None:
+    import uvicorn
+
+    cascade = Cascade.from_config(config, token=token)
+    uvicorn.run(create_app(cascade, policy), host=host, port=port, log_level="info")
+
