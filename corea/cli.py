@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -175,7 +176,9 @@ def cmd_trace(args) -> int:
     price_override = None
     if args.price_in is not None or args.price_out is not None:
         price_override = Price(args.price_in or 0.0, args.price_out or 0.0)
-    model = get_model(args.model, adapter=args.adapter, backend=args.backend, token=_token(args))
+    extra = {"logprobs": True} if args.logprobs else {}
+    model = get_model(args.model, adapter=args.adapter, backend=args.backend, token=_token(args),
+                      **extra)
     price = resolve_price(model.name, _price_table(args), price_override)
     summary = run_trace(model, task, args.out, split=args.split, limit=args.limit,
                         batch_size=args.batch_size, config=_generation(args), price=price,
@@ -261,6 +264,27 @@ def cmd_serve(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- bench
+
+def cmd_bench(args) -> int:
+    from corea.bench import BenchPlan, run_bench
+    from corea.ui.common import REPO_ROOT, shipped_adapters
+
+    limit = args.limit or (20 if args.quick else 200)
+    samples = args.samples if args.samples is not None else (3 if args.quick else 5)
+    adapter = args.adapter
+    if adapter is None and shipped_adapters():
+        adapter = REPO_ROOT / shipped_adapters()[0]
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UsageError(f"--adapter {adapter}: not an adapter directory")
+    out = args.out or Path("benchmarks") / ("quick/REPORT.md" if args.quick else "REPORT.md")
+    command = "python -m corea " + shlex.join(args.argv)
+    plan = BenchPlan(limit, samples, args.max_new_tokens, args.traces, adapter and Path(adapter),
+                     out)
+    print(f"report: {run_bench(plan, command)}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------- listings
 
 def cmd_models(args) -> int:
@@ -326,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--batch-size", type=int, default=8,
                        help="questions generated together (default: %(default)s)")
     trace.add_argument("--zero-shot", action="store_true", help="leave out the worked examples")
+    trace.add_argument("--logprobs", action="store_true",
+                       help="also record token-probability confidence signals (llama.cpp backend)")
     trace.add_argument("--price-in", type=float, help="USD per 1M input tokens for this model")
     trace.add_argument("--price-out", type=float, help="USD per 1M output tokens for this model")
     trace.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -373,6 +399,24 @@ def build_parser() -> argparse.ArgumentParser:
                               help="environment variable with the endpoint tiers' token")
     serve_parser.set_defaults(handler=cmd_serve)
 
+    bench = commands.add_parser(
+        "bench", help="benchmark the default pair against every deferral baseline",
+        description="Build (or resume) trace tables for the embedded pair on GSM8K, SVAMP, "
+                    "StrategyQA and two generated levels, then write a report comparing deferral "
+                    "signals, a held-out threshold check and the backends' speed.")
+    bench.add_argument("--quick", action="store_true",
+                       help="20 questions per data set and 3 samples (default: 200 and 5)")
+    bench.add_argument("--limit", type=int, help="questions per data set")
+    bench.add_argument("--samples", type=int, help="sampled replies for self-consistency")
+    bench.add_argument("--adapter", type=Path,
+                       help="the calibrated SLM adapter (default: the shipped one, if any)")
+    bench.add_argument("--traces", type=Path, default=Path("benchmarks/traces"),
+                       help="where trace tables are read and written (default: %(default)s)")
+    bench.add_argument("--out", type=Path, help="the report (default: benchmarks/REPORT.md, "
+                                                "or benchmarks/quick/REPORT.md with --quick)")
+    bench.add_argument("--max-new-tokens", type=int, default=GenerationConfig.max_new_tokens)
+    bench.set_defaults(handler=cmd_bench)
+
     models = commands.add_parser("models", help="list the embedded models and their prices")
     models.add_argument("--locate", action="store_true",
                         help="print file paths (assembles the LLM on first use)")
@@ -383,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except (UsageError, ModelError, TraceError, ValueError) as error:

@@ -43,6 +43,9 @@ class Generation:
     completion_tokens: int
     latency_s: float
     done: bool = True
+    # Per generated token: (text, log-probability, runner-up's log-probability); backends that
+    # were asked for log-probabilities fill it (the confidence signals in corea.signals read it).
+    token_logprobs: tuple[tuple[str, float, float | None], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class LlamaCppModel(Model):
     """A GGUF model run by llama-cpp-python: the fast path on CPU."""
 
     def __init__(self, path: str | Path, name: str | None = None, n_ctx: int = 4096,
-                 n_threads: int | None = None):
+                 n_threads: int | None = None, logprobs: bool = False):
         try:
             from llama_cpp import Llama
         except ImportError as error:
@@ -87,16 +90,33 @@ class LlamaCppModel(Model):
         self.path = Path(path)
         self.name = name or self.path.stem
         threads = n_threads or int(os.environ.get("COREA_THREADS", 0)) or os.cpu_count() or 1
+        # Log-probabilities need the logits of every position kept (n_ctx x vocabulary floats):
+        # only when asked for.
+        self.logprobs = logprobs
         self._llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+                          n_threads_batch=threads, verbose=False, logits_all=logprobs)
         # llama.cpp keeps one KV cache: calls into one instance must not overlap.
         self._lock = threading.Lock()
 
     def _completion(self, messages: list[dict], config: GenerationConfig, stream: bool):
+        extra = {"logprobs": True, "top_logprobs": 2} if self.logprobs and not stream else {}
         return self._llm.create_chat_completion(
             messages=messages, max_tokens=config.max_new_tokens, temperature=config.temperature,
-            top_p=config.top_p, seed=config.seed, stream=stream,
+            top_p=config.top_p, seed=config.seed, stream=stream, **extra,
         )
+
+    @staticmethod
+    def _token_logprobs(choice: dict):
+        content = (choice.get("logprobs") or {}).get("content")
+        if not content:
+            return None
+        rows = []
+        for token in content:
+            alternatives = [float(t["logprob"]) for t in token.get("top_logprobs") or []
+                            if t["token"] != token["token"]]
+            rows.append((token["token"], float(token["logprob"]),
+                         alternatives[0] if alternatives else None))
+        return tuple(rows)
 
     def generate(self, conversations, config=GenerationConfig()):
         results = []
@@ -106,10 +126,12 @@ class LlamaCppModel(Model):
                 response = self._completion(messages, config, stream=False)
                 elapsed = time.perf_counter() - start
             usage = response["usage"]
+            choice = response["choices"][0]
             results.append(Generation(
-                text=response["choices"][0]["message"]["content"] or "",
+                text=choice["message"]["content"] or "",
                 prompt_tokens=usage["prompt_tokens"],
                 completion_tokens=usage["completion_tokens"], latency_s=elapsed,
+                token_logprobs=self._token_logprobs(choice),
             ))
         return results
 
@@ -335,9 +357,9 @@ def _has_llama_cpp() -> bool:
     return True
 
 
-def _load_gguf(path: Path, name: str, backend: str, adapter) -> Model:
+def _load_gguf(path: Path, name: str, backend: str, adapter, logprobs: bool = False) -> Model:
     if backend == "llama.cpp" or (backend == "auto" and adapter is None and _has_llama_cpp()):
-        return LlamaCppModel(path, name=name)
+        return LlamaCppModel(path, name=name, logprobs=logprobs)
     embedded_model = embedded.resolve_embedded(name)
     if embedded_model is not None:  # a cached converted copy loads faster than the GGUF
         return TransformersModel(embedded.trainable_copy(name), name=name, adapter=adapter)
@@ -345,7 +367,8 @@ def _load_gguf(path: Path, name: str, backend: str, adapter) -> Model:
 
 
 def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "auto",
-               token: str | None = None, trust_remote_code: bool = False) -> Model:
+               token: str | None = None, trust_remote_code: bool = False,
+               logprobs: bool = False) -> Model:
     """The model a user names; a ModelError that says what to do when it cannot be had."""
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -362,12 +385,12 @@ def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "
             path = embedded_model.locate()
         except embedded.EmbeddedModelMissing as error:
             raise ModelError(str(error)) from error
-        return _load_gguf(path, embedded_model.name, backend, adapter)
+        return _load_gguf(path, embedded_model.name, backend, adapter, logprobs)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file {path} does not exist")
-        return _load_gguf(path, path.stem, backend, adapter)
+        return _load_gguf(path, path.stem, backend, adapter, logprobs)
     if path.is_dir():
         if (path / "adapter_config.json").is_file() and adapter is None:
             return _load_adapter_dir(path, backend)

@@ -126,6 +126,14 @@ def parse_reply(text: str) -> ParsedReply:
     )
 
 
+def answer_span(text: str) -> tuple[int, int] | None:
+    """Where the final answer's value stands in `text` (start, end), for token-level signals."""
+    matches = list(_ANSWER_LINE.finditer(text or ""))
+    if not matches or not matches[-1].group(1).strip("*_` \t"):
+        return None
+    return matches[-1].span(1)
+
+
 def format_reply(reasoning: str, answer: str, confidence: float) -> str:
     """A reply in corea's format; the inverse of `parse_reply` (used by tests and warm-up data)."""
     body = reasoning.strip()

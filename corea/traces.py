@@ -18,6 +18,7 @@ from corea.checking import is_correct
 from corea.costs import Price
 from corea.models import Generation, GenerationConfig, Model
 from corea.protocol import build_messages, parse_reply
+from corea.signals import answer_probability, first_token_margin
 from corea.tasks import Example, Task
 
 REQUIRED_FIELDS = {
@@ -51,7 +52,15 @@ def trace_row(example: Example, task: Task, split: str, model_name: str, generat
         "cost": price.cost(generation.prompt_tokens, generation.completion_tokens),
         "latency_s": round(generation.latency_s, 4),
         **({"meta": example.meta} if example.meta else {}),
+        **_token_signals(generation),
     }
+
+
+def _token_signals(generation: Generation) -> dict:
+    if not generation.token_logprobs:
+        return {}
+    return {"answer_probability": answer_probability(generation.text, generation.token_logprobs),
+            "first_token_margin": first_token_margin(generation.text, generation.token_logprobs)}
 
 
 def validate_row(row, where: str) -> dict:

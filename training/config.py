@@ -41,6 +41,12 @@ class TrainConfig:
     checker: str = option("numeric", "answer checker for file/Hub tasks: numeric, yesno, "
                                      "choice, exact")
     few_shot: bool = option(True, "include corea's two worked examples in each prompt, as served")
+    # supervised warm-up (format only; see training/warmup.py)
+    warmup_steps: int = option(0, "supervised steps on worked solutions of generated training "
+                                  "problems before GRPO, all with the same confidence (0 = none)")
+    warmup_size: int = option(256, "worked solutions made for the warm-up")
+    warmup_learning_rate: float = option(2e-4, "learning rate of the warm-up")
+    warmup_confidence: float = option(0.5, "the one confidence every warm-up reply states")
     # reward
     confidence_reward: str = option("brier", "brier: 1-(correct-c)^2 (RLCR); corea_l1: "
                                              "-|c - p_group| (COREA)")
@@ -95,6 +101,8 @@ class TrainConfig:
                      "logging_steps", "gradient_accumulation_steps", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.warmup_steps < 0 or not 0.0 <= self.warmup_confidence <= 1.0:
+            raise ValueError("warmup_steps cannot be negative; warmup_confidence lies in [0, 1]")
         if self.eval_limit < 0:
             raise ValueError("eval_limit cannot be negative")
         if not self.tasks:

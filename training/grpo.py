@@ -76,7 +76,8 @@ def _on_cuda(config: TrainConfig) -> bool:
     return config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
 
 
-def build_trainer(config: TrainConfig, rows: list[dict], checkpoint: str):
+def build_trainer(config: TrainConfig, rows: list[dict], checkpoint: str,
+                  warmup_adapter: Path | None = None):
     from peft import LoraConfig
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -111,9 +112,18 @@ def build_trainer(config: TrainConfig, rows: list[dict], checkpoint: str):
                       target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     rewards = [format_reward, correctness_reward,
                with_calibration_logging(CONFIDENCE_REWARDS[config.confidence_reward])]
-    return GRPOTrainer(model=checkpoint, reward_funcs=rewards, args=args,
+    model, peft_config = checkpoint, lora
+    if warmup_adapter is not None:  # GRPO goes on training the warm-up's adapter
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(checkpoint,
+                                                    trust_remote_code=config.trust_remote_code)
+        model, peft_config = PeftModel.from_pretrained(base, str(warmup_adapter),
+                                                       is_trainable=True), None
+    return GRPOTrainer(model=model, reward_funcs=rewards, args=args,
                        train_dataset=to_dataset(rows), processing_class=tokenizer,
-                       peft_config=lora, callbacks=[JsonlLog()])
+                       peft_config=peft_config, callbacks=[JsonlLog()])
 
 
 def _load_run(output_dir: Path) -> dict:
@@ -133,7 +143,7 @@ def _evaluate(config: TrainConfig, checkpoint: str, adapter: Path | None, label:
     model = TransformersModel(checkpoint, name=embedded_name(config.model), adapter=adapter,
                               trust_remote_code=config.trust_remote_code)
     if adapter is not None:
-        model.name += "+adapter"
+        model.name += f"+{Path(adapter).name}"
     return evaluate_model(model, evaluation_sets(config), config.eval_limit,
                           Path(config.output_dir) / "eval", label, config.eval_max_new_tokens)
 
@@ -169,7 +179,15 @@ def train(config: TrainConfig) -> dict:
         run["before"] = _evaluate(config, checkpoint, None, "before")
         _save_run(output_dir, run)
 
-    trainer = build_trainer(config, rows, checkpoint)
+    warmup_adapter = None
+    if config.warmup_steps:
+        from training.warmup import run_warmup
+
+        warmup_adapter = run_warmup(config, checkpoint, output_dir, use_cpu=not _on_cuda(config))
+        if config.eval_limit and "after_warmup" not in run:
+            run["after_warmup"] = _evaluate(config, checkpoint, warmup_adapter, "after-warmup")
+            _save_run(output_dir, run)
+    trainer = build_trainer(config, rows, checkpoint, warmup_adapter)
     last = get_last_checkpoint(str(output_dir)) if config.resume else None
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
