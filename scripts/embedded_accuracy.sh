@@ -9,7 +9,8 @@ PY=${PYTHON:-.venv/bin/python}
 LIMIT=${1:-100}
 for model in smollm2 qwen; do
   for task in arith svamp gsm8k; do
-    $PY -m corea trace --model "$model" --task "$task" --limit "$LIMIT" \
+    extra=(); [ "$model" = smollm2 ] && extra=(--logprobs)  # token-probability signals too
+    $PY -m corea trace --model "$model" --task "$task" --limit "$LIMIT" "${extra[@]}" \
       --out "benchmarks/traces/$model-$task.jsonl"
   done
 done

@@ -80,11 +80,20 @@ def load_for_ui(spec: str, endpoint_model: str = "", token: str = "") -> Model:
 
 
 def bundled_trace_pairs() -> dict[str, tuple[Path, Path]]:
-    """Task name -> (SLM trace, LLM trace) for the default pair's committed trace tables."""
+    """Label -> (SLM trace, LLM trace) for the default pair's committed trace tables.
+
+    `smollm2-TASK.jsonl` pairs with `qwen-TASK.jsonl`; a variant of the SLM such as
+    `smollm2-calibrated-TASK.jsonl` pairs with the same LLM table, labelled "TASK (calibrated)".
+    Sampled runs (self-consistency material) are not offered.
+    """
     pairs = {}
     for slm in sorted(BUNDLED_TRACES.glob(f"{SLM_PREFIX}*.jsonl")):
-        task = slm.name.removeprefix(SLM_PREFIX).removesuffix(".jsonl")
-        llm = BUNDLED_TRACES / f"{LLM_PREFIX}{task}.jsonl"
-        if llm.is_file():
-            pairs[task] = (slm, llm)
+        name = slm.name.removeprefix(SLM_PREFIX).removesuffix(".jsonl")
+        variant, _, task = name.partition("-")
+        candidates = [(name, name)] + ([(task, f"{task} ({variant})")] if task else [])
+        for llm_task, label in candidates:
+            llm = BUNDLED_TRACES / f"{LLM_PREFIX}{llm_task}.jsonl"
+            if llm.is_file() and not variant.startswith("sample"):
+                pairs[label] = (slm, llm)
+                break
     return pairs
