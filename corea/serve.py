@@ -130,18 +130,10 @@ class CascadeService:
 
     def answer(self, question: str, config: GenerationConfig) -> dict:
         """Every tier's step and the final answer; falls back instead of failing."""
-        messages = build_messages(question)
-        steps, failed = [], []
-        for index in range(len(self.cascade.tiers)):
-            generation = self._call(index, messages, config)
-            if generation is None:
-                failed.append(index + 1)
-                continue
-            step = self.cascade.decide(index, generation)
-            steps.append(step)
-            if step.decision != "deferred":
-                break
-        return self._result(steps, failed)
+        for kind, value in self.stream(question, config, live=False):
+            if kind == "result":
+                return value
+        raise AssertionError("stream() always ends with a result")  # pragma: no cover
 
     def _result(self, steps: list[TierStep], failed: list[int]) -> dict:
         if not steps:
@@ -151,17 +143,19 @@ class CascadeService:
         fallback = final.decision == "deferred"  # a later tier should have answered, and failed
         return {"steps": steps, "final": final, "fallback": fallback, "failed_tiers": failed}
 
-    def stream(self, question: str, config: GenerationConfig) -> Iterator[tuple[str, object]]:
+    def stream(self, question: str, config: GenerationConfig,
+               live: bool = True) -> Iterator[tuple[str, object]]:
         """("delta", text) while the answering tier writes, then ("result", result).
 
         A tier whose answer may yet be deferred is not streamed; the tier that answers is: a kept
-        first-tier answer is sent as it stood, a deferred question streams the next tier live."""
+        first-tier answer is sent as it stood, a deferred question streams the last tier live
+        (`live=False` calls every tier whole)."""
         messages = build_messages(question)
         steps, failed = [], []
         last = len(self.cascade.tiers) - 1
         for index in range(len(self.cascade.tiers)):
             sent = 0
-            if index < last or not self.health[index].available():
+            if not live or index < last or not self.health[index].available():
                 generation = self._call(index, messages, config)
             else:
                 generation, sent = yield from self._stream_last(index, messages, config)
