@@ -48,7 +48,7 @@ def _trace(model, task_name, split, path, plan, config=None, batch_size=8):
     task = get_task(task_name)
     run_trace(model, task, path, split=split, limit=plan.limit, batch_size=batch_size,
               config=config or GenerationConfig(max_new_tokens=plan.max_new_tokens),
-              price=resolve_price(model.name.split("+")[0]))
+              price=resolve_price(model.name))
     wanted = [e.id for e in task.examples(split, plan.limit)]
     rows = {row["id"]: row for row in read_trace(path)}
     return [rows[i] for i in wanted]

@@ -268,13 +268,11 @@ def cmd_serve(args) -> int:
 
 def cmd_bench(args) -> int:
     from corea.bench import BenchPlan, run_bench
-    from corea.ui.common import REPO_ROOT, shipped_adapters
-
     limit = args.limit or (20 if args.quick else 200)
     samples = args.samples if args.samples is not None else (3 if args.quick else 5)
     adapter = args.adapter
-    if adapter is None and shipped_adapters():
-        adapter = REPO_ROOT / shipped_adapters()[0]
+    if adapter is None and embedded.shipped_adapters():
+        adapter = next(iter(embedded.shipped_adapters().values()))
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise UsageError(f"--adapter {adapter}: not an adapter directory")
     out = args.out or Path("benchmarks") / ("quick/REPORT.md" if args.quick else "REPORT.md")

@@ -53,8 +53,9 @@ def price_from_params(params_billion: float) -> Price:
 
 
 def default_price(model_name: str) -> Price | None:
-    """The compute-based price of an embedded model, or None for a model corea knows nothing of."""
-    model = embedded.resolve_embedded(model_name)
+    """The compute-based price of an embedded model (with or without an adapter: a LoRA adds
+    little compute), or None for a model corea knows nothing of."""
+    model = embedded.resolve_embedded(model_name.split("+")[0])
     return price_from_params(model.params_billion) if model else None
 
 

@@ -122,6 +122,17 @@ EMBEDDED_MODELS = {
 DEFAULT_SLM = "smollm2-135m"
 DEFAULT_LLM = "qwen2.5-coder-1.5b"
 
+# Calibrated adapters that ship with the project, each a folder with adapter_config.json; they are
+# named by their folder (`smollm2-calibrated`) wherever a model is named.
+SHIPPED_ADAPTERS_DIR = Path(__file__).resolve().parents[1] / "adapters"
+
+
+def shipped_adapters() -> dict[str, Path]:
+    if not SHIPPED_ADAPTERS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(SHIPPED_ADAPTERS_DIR.iterdir())
+            if (p / "adapter_config.json").is_file()}
+
 
 def resolve_embedded(name: str) -> EmbeddedModel | None:
     key = name.strip().lower()

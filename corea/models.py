@@ -386,7 +386,8 @@ def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "
         except embedded.EmbeddedModelMissing as error:
             raise ModelError(str(error)) from error
         return _load_gguf(path, embedded_model.name, backend, adapter, logprobs)
-    path = Path(spec).expanduser()
+    shipped = embedded.shipped_adapters().get(spec)
+    path = shipped or Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file {path} does not exist")
@@ -401,6 +402,7 @@ def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "
                                  trust_remote_code=trust_remote_code)
     raise ModelError(
         f"unknown model {spec!r}: use an embedded name ({', '.join(embedded.EMBEDDED_MODELS)}), "
+        "a shipped adapter (adapters/), "
         "a .gguf file, a local directory, a Hub id owner/name, or an endpoint http(s)://host/v1#model"
     )
 

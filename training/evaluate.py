@@ -16,7 +16,7 @@ def evaluate_model(model: Model, sets: list[tuple[Task, str]], limit: int, out_d
                    label: str, max_new_tokens: int = 160, batch_size: int = 16) -> dict:
     """Scores per task and over all of them; the trace tables stay in `out_dir` (resumable)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    price = resolve_price(model.name.split("+")[0])
+    price = resolve_price(model.name)
     results, everything = {}, []
     for task, split in sets:
         out = out_dir / f"{label}-{task.name}-{split}.jsonl"

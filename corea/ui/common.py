@@ -13,7 +13,7 @@ from corea.models import Model, ModelError, get_model
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The trace pairs the Tune tab offers; COREA_TRACES_DIR points it at another folder.
 BUNDLED_TRACES = Path(os.environ.get("COREA_TRACES_DIR") or REPO_ROOT / "benchmarks" / "traces")
-ADAPTERS_DIR = REPO_ROOT / "adapters"
+ADAPTERS_DIR = embedded.SHIPPED_ADAPTERS_DIR
 SLM_PREFIX, LLM_PREFIX = "smollm2-", "qwen-"
 
 try:  # ZeroGPU on Spaces; a no-op decorator everywhere else
@@ -26,11 +26,8 @@ except ImportError:  # pragma: no cover - spaces is in requirements, but the app
 
 
 def shipped_adapters() -> list[str]:
-    """Calibrated SLM adapters that ship with the project (directories with adapter_config.json)."""
-    if not ADAPTERS_DIR.is_dir():
-        return []
-    return sorted(str(p.relative_to(REPO_ROOT)) for p in ADAPTERS_DIR.iterdir()
-                  if (p / "adapter_config.json").is_file())
+    """Calibrated SLM adapters that ship with the project, by the name models are loaded with."""
+    return list(embedded.shipped_adapters())
 
 
 # The same weights on the Hub: the defaults where the embedded packages are not installed (a
@@ -58,17 +55,10 @@ def llm_choices() -> list[str]:
     return [*local, HUB_LLM, *([embedded.DEFAULT_SLM] if _installed(embedded.DEFAULT_SLM) else [])]
 
 
-def resolve_model_spec(spec: str) -> str:
-    """A choice as typed: relative adapter paths are found from the repository root."""
-    spec = (spec or "").strip()
-    candidate = REPO_ROOT / spec
-    return str(candidate) if spec and not Path(spec).is_absolute() and candidate.exists() else spec
-
-
 def load_for_ui(spec: str, endpoint_model: str = "", token: str = "") -> Model:
     """A model for a visitor; failures become a message in the page, never a crash or a log of
     the token."""
-    spec = resolve_model_spec(spec)
+    spec = (spec or "").strip()
     if spec.startswith(("http://", "https://")) and endpoint_model.strip() and "#" not in spec:
         spec = f"{spec}#{endpoint_model.strip()}"
     try:
