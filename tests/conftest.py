@@ -40,8 +40,4 @@ def free_port() -> int:
 def embedded_installed(name: str) -> bool:
     from corea import embedded
 
-    try:
-        embedded.resolve_embedded(name).locate()
-    except embedded.EmbeddedModelMissing:
-        return False
-    return True
+    return embedded.resolve_embedded(name).installed()

@@ -11,9 +11,6 @@ from corea import embedded
 
 from training.grpo import RUN_FILE, point_adapter_at_base, trainable_checkpoint
 
-# The Hub checkpoints of the embedded models, named as base_model in cards and adapters.
-HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
-           "qwen2.5-coder-1.5b": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
@@ -27,7 +24,7 @@ def load_run(adapter_dir: Path) -> dict:
 
 def hub_base(run: dict) -> str:
     found = embedded.resolve_embedded(run["base_model"])
-    return HUB_IDS.get(found.name, found.name) if found else run["base_model"]
+    return found.hub_id if found else run["base_model"]
 
 
 def _metrics_table(run: dict) -> str:

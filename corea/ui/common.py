@@ -30,29 +30,21 @@ def shipped_adapters() -> list[str]:
     return list(embedded.shipped_adapters())
 
 
-# The same weights on the Hub: the defaults where the embedded packages are not installed (a
-# Space, whose GPU wants transformers checkpoints rather than llama.cpp files).
-HUB_SLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
-HUB_LLM = "Qwen/Qwen2.5-Coder-1.5B-Instruct"
-
-
-def _installed(name: str) -> bool:
-    try:
-        embedded.resolve_embedded(name).locate()
-    except embedded.EmbeddedModelMissing:
-        return False
-    return True
+def _choices(default: str, *extra: str) -> list[str]:
+    """The embedded model where it is installed, else its Hub checkpoint (on a Space, whose GPU
+    wants transformers checkpoints rather than llama.cpp files), then the extras."""
+    model = embedded.resolve_embedded(default)
+    return list(dict.fromkeys([model.name if model.installed() else model.hub_id, *extra]))
 
 
 def slm_choices() -> list[str]:
     """The Ask tab's small models, the default first."""
-    local = [embedded.DEFAULT_SLM] if _installed(embedded.DEFAULT_SLM) else []
-    return [*local, *shipped_adapters(), HUB_SLM]
+    return _choices(embedded.DEFAULT_SLM, *shipped_adapters())
 
 
 def llm_choices() -> list[str]:
-    local = [embedded.DEFAULT_LLM] if _installed(embedded.DEFAULT_LLM) else []
-    return [*local, HUB_LLM, *([embedded.DEFAULT_SLM] if _installed(embedded.DEFAULT_SLM) else [])]
+    return _choices(embedded.DEFAULT_LLM, embedded.resolve_embedded(embedded.DEFAULT_LLM).hub_id,
+                    *slm_choices()[:1])
 
 
 def load_for_ui(spec: str, endpoint_model: str = "", token: str = "") -> Model:
