@@ -18,7 +18,8 @@ def tiny_overrides(model_dir, output_dir, steps=2):
             "--max_steps", str(steps), "--per_device_train_batch_size", "4",
             "--num_generations", "2", "--max_completion_length", "8", "--eval_limit", "2",
             "--eval_tasks", "arith-1", "--eval_max_new_tokens", "4", "--output_dir",
-            str(output_dir), "--save_steps", "1", "--device", "cpu"]
+            str(output_dir), "--save_steps", "1", "--device", "cpu", "--warmup_steps", "1",
+            "--warmup_size", "4"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -58,6 +59,25 @@ def test_training_and_evaluation_never_share_questions():
     rows = training_rows(config)  # raises if any evaluation question were a training question
     assert [r["level"] for r in rows] == sorted(r["level"] for r in rows)  # easy first
     assert all(r["id"].startswith(("arith1-train", "arith2-train", "gsm8k-train")) for r in rows)
+
+
+def test_warmup_solutions_state_one_confidence_and_the_right_answer():
+    from corea.checking import is_correct
+    from corea.protocol import parse_reply
+    from training.warmup import warmup_rows
+
+    config = load_config(None, ["--tasks", "arith-1,arith-2", "--train_size", "10",
+                                "--warmup_size", "6"])
+    rows = warmup_rows(config)
+    assert len(rows) == 6
+    train_questions = {r["question"] for r in training_rows(config)}
+    for row in rows:
+        reply = parse_reply(row["completion"][0]["content"])
+        assert reply.format_ok and reply.confidence == 0.5
+        question = row["prompt"][-1]["content"]
+        assert question.split("\n")[0] not in train_questions  # GRPO sees other problems
+        # the worked solution's last equation gives the answer it states
+        assert row["completion"][0]["content"].split("=")[-1].split(".")[0].strip() == reply.answer
 
 
 def test_tasks_without_a_train_split_are_refused():
@@ -109,7 +129,9 @@ def test_grpo_smoke_writes_an_adapter_and_finite_logs(tiny_run):
             assert math.isfinite(entry[key]), key
     run = json.loads((run_dir / "run.json").read_text())
     assert run["steps"] == 2 and run["log_finite"]
-    assert set(run["before"]) == set(run["after"]) == {"arith-1", "all"}
+    assert set(run["before"]) == set(run["after"]) == set(run["after_warmup"]) == {"arith-1", "all"}
+    # GRPO went on training the warm-up's adapter rather than a new one
+    assert (run_dir / "warmup-adapter" / "adapter_model.safetensors").is_file()
     assert (run_dir / "training_curves.html").stat().st_size > 1000
 
 
