@@ -65,10 +65,10 @@ def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> flo
     """ECE with equal-width bins; a confidence of exactly 1 falls in the last bin."""
     confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
     index = np.minimum((confidence * bins).astype(int), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    mean_conf = np.bincount(index, weights=confidence, minlength=bins)
-    mean_acc = np.bincount(index, weights=correct, minlength=bins)
-    return float(np.abs(mean_conf - mean_acc).sum() / len(confidence))
+    # Per bin, |sum of confidences - number right| = count x |mean confidence - accuracy|.
+    confidence_sums = np.bincount(index, weights=confidence, minlength=bins)
+    right_counts = np.bincount(index, weights=correct, minlength=bins)
+    return float(np.abs(confidence_sums - right_counts).sum() / len(confidence))
 
 
 def reliability_bins(confidence, correct, bins: int = ECE_BINS) -> list[dict]:

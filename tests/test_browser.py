@@ -1,6 +1,5 @@
 """The real app in a real headless Chromium: load the page, move the slider, see it follow."""
 
-import os
 import shutil
 from pathlib import Path
 

@@ -62,7 +62,6 @@ def test_training_and_evaluation_never_share_questions():
 
 
 def test_warmup_solutions_state_one_confidence_and_the_right_answer():
-    from corea.checking import is_correct
     from corea.protocol import parse_reply
     from training.warmup import warmup_rows
 

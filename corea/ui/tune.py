@@ -14,7 +14,7 @@ from corea.cascade import CascadeConfig, TierSpec
 from corea.costs import default_price
 from corea.metrics import TracePair, evaluate_threshold, join_traces, summarize
 from corea.plots import move_marker, pareto_figure, thin
-from corea.thresholds import GOALS, choose_threshold, random_and_oracle_curves
+from corea.thresholds import choose_threshold, random_and_oracle_curves
 from corea.traces import TraceError, parse_trace_lines, read_trace
 from corea.ui.common import bundled_trace_pairs
 
