@@ -62,7 +62,7 @@ def build_traces(plan: BenchPlan) -> dict[str, dict[str, list[dict]]]:
     calibrated = None
     if plan.adapter:
         calibrated = load_model(embedded.DEFAULT_SLM, adapter=plan.adapter, backend="transformers")
-        calibrated.name = f"{embedded.DEFAULT_SLM}+calibrated"
+        calibrated.name = f"{embedded.DEFAULT_SLM}+{plan.adapter.name}"
     tables = {}
     for name, split in DATASETS:
         t = plan.traces

@@ -137,6 +137,13 @@ DEFAULT_LLM = "qwen2.5-coder-1.5b"
 SHIPPED_ADAPTERS_DIR = Path(__file__).resolve().parents[1] / "adapters"
 
 
+def spec_for(model_name: str) -> str:
+    """How to load a model named in a trace table: an adapter model is named "base+adapter", and
+    a shipped adapter loads by its own name."""
+    _, _, adapter = model_name.partition("+")
+    return adapter if adapter and adapter in shipped_adapters() else model_name
+
+
 def shipped_adapters() -> dict[str, Path]:
     if not SHIPPED_ADAPTERS_DIR.is_dir():
         return {}

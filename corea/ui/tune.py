@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 import plotly.graph_objects as go
 
+from corea import embedded
 from corea.cascade import CascadeConfig, TierSpec
 from corea.costs import default_price
 from corea.metrics import TracePair, evaluate_threshold, join_traces, summarize
@@ -169,7 +170,7 @@ def export_config(loaded: LoadedPair, threshold: float) -> str:
     """A cascade config JSON that `python -m corea ask/serve --config` read."""
     tiers = []
     for model, tier_threshold in ((loaded.slm_model, threshold), (loaded.llm_model, None)):
-        tiers.append(TierSpec(model, tier_threshold, price=default_price(model)))
+        tiers.append(TierSpec(embedded.spec_for(model), tier_threshold, price=default_price(model)))
     config = CascadeConfig(tuple(tiers))
     folder = Path(tempfile.mkdtemp(prefix="corea-config-"))
     path = folder / "cascade.json"
