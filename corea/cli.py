@@ -240,7 +240,8 @@ def _sweep_table(report: dict) -> str:
                      f"{best['accuracy']:.3f}, saving {_fmt(best['saving'], '.1%')}, "
                      f"{best['llm_share']:.1%} sent to the LLM")
     else:
-        lines.append("No threshold keeps accuracy within 2 points of LLM-only.")
+        lines.append("No threshold keeps accuracy within 2 points of LLM-only for less than the "
+                     "LLM alone costs: use the LLM alone.")
     if "best_within_max_drop" in report:
         b = report["best_within_max_drop"]
         lines.append(f"Best within {report['max_drop']:g}: " + (

@@ -191,8 +191,10 @@ def area_under_hull(cost, accuracy) -> float | None:
 
 
 def best_within(points: list[dict], llm_accuracy: float, max_drop: float) -> dict | None:
-    """The cheapest threshold whose accuracy is at most `max_drop` below LLM-only, with its saving."""
-    eligible = [p for p in points if p["accuracy"] >= llm_accuracy - max_drop - 1e-12]
+    """The cheapest threshold whose accuracy is at most `max_drop` below LLM-only, with its saving;
+    None when every such threshold costs at least as much as calling the LLM alone."""
+    eligible = [p for p in points if p["accuracy"] >= llm_accuracy - max_drop - 1e-12
+                and (p["relative_cost"] is None or p["relative_cost"] < 1.0)]
     if not eligible:
         return None
     best = min(eligible, key=lambda p: (p["cost"], -p["accuracy"]))
