@@ -119,7 +119,8 @@ def main() -> None:
         "# Load test of `python -m corea serve` (embedded models, 127.0.0.1)",
         "",
         f"Command: `.venv/bin/python benchmarks/serve_load.py --clients {args.clients} --seconds "
-        f"{args.seconds:g} --threshold {args.threshold:g}` · machine: {machine} · "
+        f"{args.seconds:g} --threshold {args.threshold:g} --max-new-tokens {args.max_new_tokens}` · "
+        f"machine: {machine} · "
         f"{time.strftime('%Y-%m-%d')}",
         "",
         "| clients | wall time (s) | requests | answered | fallbacks | errors / lost | "
