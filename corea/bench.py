@@ -9,8 +9,11 @@ what calibration protects at a fixed threshold; and the speed of each backend on
 
 from __future__ import annotations
 
+import math
 import os
 import platform
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from corea import embedded
 from corea.costs import resolve_price
 from corea.metrics import TracePair, join_traces, summarize
 from corea.models import GenerationConfig, get_model, load_model
-from corea.signals import vote_share
+from corea.signals import SIGNALS, with_signal
 from corea.tasks import get_task
 from corea.thresholds import choose_threshold, guaranteed_threshold
 from corea.traces import read_trace, run_trace
@@ -58,46 +61,48 @@ def build_traces(plan: BenchPlan) -> dict[str, dict[str, list[dict]]]:
     """For each data set: the SLM (with token log-probabilities), k sampled SLM runs, the LLM, and
     the calibrated SLM when an adapter is given. Resumable: finished rows are reused."""
     slm = get_model(embedded.DEFAULT_SLM, logprobs=True)
+    # Sampled runs only need answers: without per-token log-probabilities llama.cpp is ~3x faster.
+    sampler = get_model(embedded.DEFAULT_SLM)
     llm = get_model(embedded.DEFAULT_LLM)
     calibrated = None
     if plan.adapter:
         calibrated = load_model(embedded.DEFAULT_SLM, adapter=plan.adapter, backend="transformers")
         calibrated.name = f"{embedded.DEFAULT_SLM}+{plan.adapter.name}"
-    tables = {}
-    for name, split in DATASETS:
-        t = plan.traces
-        entry = {"slm": _trace(slm, name, split, t / f"smollm2-{name}.jsonl", plan),
-                 "llm": _trace(llm, name, split, t / f"qwen-{name}.jsonl", plan)}
-        entry["samples"] = [
-            _trace(slm, name, split, t / f"smollm2-sample{k}-{name}.jsonl", plan,
-                   GenerationConfig(max_new_tokens=plan.max_new_tokens, seed=k, **SAMPLING))
-            for k in range(1, plan.samples + 1)]
-        if calibrated is not None:
-            entry["calibrated"] = _trace(calibrated, name, split,
-                                         t / f"smollm2-calibrated-{name}.jsonl", plan,
-                                         batch_size=16)
-        tables[name] = entry
+    # Pass by pass rather than set by set: the greedy tables of every set (which carry all the
+    # single-pass signals) are finished before any sampled run starts, so a run cut short by time
+    # still reports every set, with fewer samples.
+    t = plan.traces
+    tables = {name: {"slm": _trace(slm, name, split, t / f"smollm2-{name}.jsonl", plan),
+                     "llm": _trace(llm, name, split, t / f"qwen-{name}.jsonl", plan),
+                     "samples": []}
+              for name, split in DATASETS}
+    if calibrated is not None:
+        for name, split in DATASETS:
+            tables[name]["calibrated"] = _trace(calibrated, name, split,
+                                                t / f"smollm2-calibrated-{name}.jsonl", plan,
+                                                batch_size=16)
+    for k in range(1, plan.samples + 1):
+        sampling = GenerationConfig(max_new_tokens=plan.max_new_tokens, seed=k, **SAMPLING)
+        for name, split in DATASETS:
+            tables[name]["samples"].append(
+                _trace(sampler, name, split, t / f"smollm2-sample{k}-{name}.jsonl", plan, sampling))
     return tables
 
 
-def _with_confidence(rows: list[dict], values: list[float]) -> list[dict]:
-    return [{**row, "confidence": float(v), "format_ok": True} for row, v in zip(rows, values)]
+SIGNAL_LABELS = {"verbalized": "verbalized (untrained)",
+                 "answer_probability": "answer token probability",
+                 "first_token_margin": "first-token margin",
+                 "oracle": "oracle (upper bound)"}
 
 
 def signal_pairs(entry: dict, checker: str) -> dict[str, TracePair]:
+    """Each deferral signal's trace pair, keyed by its label in the report."""
     slm, llm = entry["slm"], entry["llm"]
-    by_id = [{row["id"]: row for row in sample} for sample in entry["samples"]]
-    signals = {
-        "verbalized (untrained)": [r["confidence"] if r.get("format_ok") and r["confidence"]
-                                   is not None else 0.0 for r in slm],
-        "answer token probability": [r.get("answer_probability") or 0.0 for r in slm],
-        "first-token margin": [r.get("first_token_margin") or 0.0 for r in slm],
-        "oracle": [1.0 if r["correct"] else 0.0 for r in slm],
-    }
-    if by_id:
-        signals[f"self-consistency (k={len(by_id)})"] = [
-            vote_share(r["answer"], [s[r["id"]]["answer"] for s in by_id], checker) for r in slm]
-    pairs = {name: join_traces(_with_confidence(slm, values), llm) for name, values in signals.items()}
+    pairs = {label: join_traces(with_signal(slm, signal), llm)
+             for signal, label in SIGNAL_LABELS.items()}
+    if entry["samples"]:
+        pairs[f"self-consistency (k={len(entry['samples'])})"] = join_traces(
+            with_signal(slm, "vote_share", samples=entry["samples"], checker=checker), llm)
     if "calibrated" in entry:
         pairs["verbalized (calibrated)"] = join_traces(entry["calibrated"], llm)
     return pairs
@@ -125,17 +130,23 @@ def random_deferral_saving(pair: TracePair, max_drop: float = 0.02) -> float | N
     return float(1 - cost[ok].min() / pair.llm_cost.mean()) if ok.any() else None
 
 
-def halves(pair: TracePair) -> tuple[TracePair, TracePair]:
-    """Calibration and test halves: even and odd positions, a fixed split."""
+def calibration_test_split(pair: TracePair) -> tuple[TracePair, TracePair]:
+    """A fixed split: two of every three questions calibrate, the third tests. Two thirds rather
+    than half, because certifying a loss rate of at most 2% at 90% confidence needs at least
+    ln(0.1)/ln(0.98) = 114 calibration questions even when nothing is lost."""
     def take(mask):
         return TracePair(pair.ids[mask], pair.confidence[mask], pair.slm_correct[mask],
                          pair.slm_cost[mask], pair.llm_correct[mask], pair.llm_cost[mask])
     index = np.arange(len(pair))
-    return take(index % 2 == 0), take(index % 2 == 1)
+    return take(index % 3 != 2), take(index % 3 == 2)
 
 
 def holdout_check(pair: TracePair) -> dict:
-    calibration, test = halves(pair)
+    """The threshold for "lose at most 2 points" chosen on the calibration half, empirically and
+    with the Learn-then-Test guarantee, and what each realizes on the test half."""
+    calibration, test = calibration_test_split(pair)
+    if not len(test):
+        raise ValueError("too few questions for a calibration and a test split (3 at least)")
     result = {}
     for label, chosen in (("empirical", choose_threshold(calibration, "max_drop",
                                                           GUARANTEE["max_drop"])),
@@ -150,6 +161,63 @@ def holdout_check(pair: TracePair) -> dict:
         result[label] = {"threshold": t, "test_loss": float(test.llm_correct.mean()) - accuracy,
                          "test_saving": 1 - cost / float(test.llm_cost.mean())}
     return result
+
+
+def _holdout_cell(check: dict | None) -> str:
+    if check is None:
+        return "none certified"
+    return (f"{check['threshold']:.3f}: loses {check['test_loss'] * 100:+.1f} pts, saves "
+            f"{_pct(check['test_saving'])}")
+
+
+def holdout_table(pairs: dict[str, TracePair]) -> list[str]:
+    calibration, test = calibration_test_split(next(iter(pairs.values())))
+    if not len(test):
+        return ["Too few questions to choose a threshold on some and check it on others.", ""]
+    needed = math.ceil(math.log(GUARANTEE["delta"]) / math.log(1 - GUARANTEE["max_drop"]))
+    lines = [f"Threshold for “lose at most 2 points” chosen on {len(calibration)} calibration "
+             f"questions (two of every three), then applied to the other {len(test)} (loss and "
+             "saving measured there). The guaranteed threshold is certified to lose at most 2% of "
+             f"answers with {1 - GUARANTEE['delta']:.0%} confidence (Learn-then-Test, "
+             "fixed-sequence exact binomial tests); no certificate is possible from fewer than "
+             f"{needed} calibration questions, and with few more only thresholds that lose nothing "
+             "on them can be certified.", "",
+             "| deferral signal | empirical best on calibration half | guaranteed |", "|---|---|---|"]
+    for signal, pair in pairs.items():
+        if signal.startswith("oracle"):
+            continue
+        check = holdout_check(pair)
+        lines.append(f"| {signal} | {_holdout_cell(check['empirical'])} | "
+                     f"{_holdout_cell(check['guaranteed'])} |")
+    return lines + [""]
+
+
+def reading(name: str, reports: dict[str, dict]) -> str:
+    """What the numbers mean for this set, in words generated from the numbers themselves."""
+    any_report = next(iter(reports.values()))
+    slm_acc = any_report["slm_only"]["accuracy"]
+    llm_acc = any_report["llm_only"]["accuracy"]
+    real = {signal: (r["best_within_2pt"] or {}).get("saving") for signal, r in reports.items()
+            if not signal.startswith("oracle")}
+    real = {signal: saving for signal, saving in real.items() if saving is not None}
+    oracle = (reports["oracle (upper bound)"]["best_within_2pt"] or {}).get("saving")
+    sentences = [f"The SLM is right on {slm_acc:.1%} of {name}, the LLM on {llm_acc:.1%}."]
+    if slm_acc < 0.1:
+        sentences.append("The SLM is rarely right here, so almost every question must go to the "
+                         "LLM to keep its accuracy, and the SLM's reply is then paid for on top: "
+                         "little or nothing can be saved, whatever the signal.")
+    if llm_acc <= slm_acc:
+        sentences.append("The LLM is no better than the SLM on this set, so the cascade's "
+                         "saving says nothing about deferral: keeping everything on the SLM is "
+                         "as accurate.")
+    if real:
+        best = max(real, key=real.get)
+        sentences.append(f"Best real signal within 2 points: {best}, saving {real[best]:.1%} "
+                         f"(oracle bound: {_pct(oracle)}).")
+    else:
+        sentences.append(f"No real signal saves anything within 2 points (oracle bound: "
+                         f"{_pct(oracle)}); the honest choice is the LLM alone.")
+    return " ".join(sentences)
 
 
 def dataset_figure(name: str, reports: dict[str, dict]) -> go.Figure:
@@ -179,8 +247,17 @@ def _num(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def recompute_command(name: str, traces: Path, samples: int) -> str:
+    sampled = " ".join(str(traces / f"smollm2-sample{k}-{name}.jsonl")
+                       for k in range(1, samples + 1))
+    return (f"`python -m corea sweep --slm {traces}/smollm2-{name}.jsonl --llm "
+            f"{traces}/qwen-{name}.jsonl --signal S` with S one of "
+            f"{', '.join(s for s in SIGNALS if s != 'vote_share')}"
+            + (f"; self-consistency: `--signal vote_share --samples {sampled}`" if samples else ""))
+
+
 def dataset_section(name: str, entry: dict, pairs: dict[str, TracePair],
-                    plot: str) -> tuple[list[str], dict[str, dict]]:
+                    plot: str, traces: Path) -> tuple[list[str], dict[str, dict]]:
     reports = {signal: summarize(pair) for signal, pair in pairs.items()}
     base = reports["verbalized (untrained)"]
     lines = [f"### {name} ({len(entry['slm'])} questions)", "",
@@ -188,6 +265,7 @@ def dataset_section(name: str, entry: dict, pairs: dict[str, TracePair],
              f"{base['slm_only']['relative_cost']:.3f} · LLM only: accuracy "
              f"{base['llm_only']['accuracy']:.1%}, ${base['llm_only']['cost'] * 1000:.4f} per "
              f"1,000 questions · plot: `{plot}`", "",
+             "Recompute: " + recompute_command(name, traces, len(entry["samples"])), "",
              "| deferral signal | saving within 2 pt | accuracy there | sent to LLM | AIQ | APGR | "
              "ECE | AUROC | Brier |", "|---|---|---|---|---|---|---|---|---|"]
     for signal, report in reports.items():
@@ -197,19 +275,9 @@ def dataset_section(name: str, entry: dict, pairs: dict[str, TracePair],
             f"{_pct(best['accuracy'] if best else None)} | {_pct(best['llm_share'] if best else None)}"
             f" | {_num(report['aiq'])} | {_num(apgr(report))} | {_num(report['ece'])} | "
             f"{_num(report['auroc'])} | {_num(report['brier'])} |")
-    lines.append(f"| random deferral (expected) | {_pct(random_deferral_saving(pairs['oracle']))} "
-                 "| | | | | | | |")
-    check = holdout_check(pairs.get("verbalized (calibrated)", pairs["verbalized (untrained)"]))
-    lines += ["", "Threshold for “lose at most 2 points”, chosen on the even-numbered questions and "
-                  "applied to the odd-numbered ones "
-                  f"({'calibrated' if 'verbalized (calibrated)' in pairs else 'untrained'} "
-                  "verbalized confidence):", ""]
-    for label in ("empirical", "guaranteed"):
-        c = check[label]
-        lines.append(f"- {label}{' (Learn-then-Test, 90% confidence)' if label == 'guaranteed' else ''}"
-                     + (f": threshold {c['threshold']:.3f}, realized loss {c['test_loss'] * 100:+.1f}"
-                        f" pts, saving {_pct(c['test_saving'])}" if c else ": none certified"))
-    lines.append("")
+    random_saving = random_deferral_saving(pairs["oracle (upper bound)"])
+    lines.append(f"| random deferral (expected) | {_pct(random_saving)} | | | | | | | |")
+    lines += ["", reading(name, reports), "", *holdout_table(pairs)]
     return lines, reports
 
 
@@ -233,6 +301,16 @@ def protection_table(tables: dict, pairs_by_dataset: dict) -> list[str]:
     return lines + [""]
 
 
+def _fresh_process_load_seconds(path: Path, name: str) -> float:
+    """Imports plus model load in a new Python process: what a user waits for on a first call.
+    The file itself is likely in the OS page cache by then (dropping it needs root)."""
+    code = ("import time; start = time.perf_counter(); from corea.models import LlamaCppModel; "
+            f"LlamaCppModel({str(path)!r}, name={name!r}); print(time.perf_counter() - start)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def speed_section(plan: BenchPlan) -> list[str]:
     """Throughput of each backend for each embedded model, single and batched, load times, and
     the cascade's own overhead — as ratios against a baseline measured in this run."""
@@ -240,8 +318,9 @@ def speed_section(plan: BenchPlan) -> list[str]:
     from corea.models import LlamaCppModel, TransformersModel
     from corea.protocol import build_messages
 
-    questions = [e.question for e in get_task("arith-1").examples("test", 4)]
-    conversations = [build_messages(q, hint="Give the final answer as a number.") for q in questions]
+    task = get_task("arith-1")
+    questions = [e.question for e in task.examples("test", 4)]
+    conversations = [build_messages(q, hint=task.hint) for q in questions]
     config = GenerationConfig(max_new_tokens=48)
     rows = []
 
@@ -258,18 +337,19 @@ def speed_section(plan: BenchPlan) -> list[str]:
     loads = []
     for name in (embedded.DEFAULT_SLM, embedded.DEFAULT_LLM):
         path = embedded.resolve_embedded(name).locate()
+        fresh = _fresh_process_load_seconds(path, name)
         start = time.perf_counter()
         model = LlamaCppModel(path, name=name)
-        cold = time.perf_counter() - start
-        start = time.perf_counter()
-        LlamaCppModel(path, name=name)
-        loads.append((f"{name} llama.cpp", cold, time.perf_counter() - start))
+        loads.append((f"{name} llama.cpp", fresh, time.perf_counter() - start))
         run(f"{name} · llama.cpp · one at a time", model, batch=False)
+        if name == embedded.DEFAULT_SLM:  # the token signals' price: per-token log-probabilities
+            run(f"{name} · llama.cpp · one at a time, with token log-probabilities",
+                LlamaCppModel(path, name=name, logprobs=True), batch=False)
     slm_path = embedded.trainable_copy(embedded.DEFAULT_SLM)
     start = time.perf_counter()
     slm_tf = TransformersModel(slm_path, name=embedded.DEFAULT_SLM)
-    loads.append((f"{embedded.DEFAULT_SLM} transformers (converted copy)",
-                  time.perf_counter() - start, None))
+    loads.append((f"{embedded.DEFAULT_SLM} transformers (converted copy)", None,
+                  time.perf_counter() - start))
     run(f"{embedded.DEFAULT_SLM} · transformers · one at a time", slm_tf, batch=False)
     run(f"{embedded.DEFAULT_SLM} · transformers · batch of {len(conversations)}", slm_tf, batch=True)
 
@@ -280,7 +360,7 @@ def speed_section(plan: BenchPlan) -> list[str]:
     # The cascade's own cost is its wall time beyond the model calls it makes; timing a direct
     # call beside it would not be fair, since llama.cpp reuses the prompt cached by the other.
     start = time.perf_counter()
-    via = [cascade.answer(q, hint="Give the final answer as a number.") for q in questions]
+    via = [cascade.answer(q, hint=task.hint) for q in questions]
     cascade_s = time.perf_counter() - start
     model_s = sum(result.latency_s for result in via)
     base = rows[0][1]
@@ -289,9 +369,10 @@ def speed_section(plan: BenchPlan) -> list[str]:
              "| model · backend · mode | tokens/s | questions/min | vs SmolLM2 llama.cpp |",
              "|---|---|---|---|"]
     lines += [f"| {label} | {tps:.1f} | {qpm:.1f} | {tps / base:.2f}× |" for label, tps, qpm in rows]
-    lines += ["", "| model load | first (s) | again, file cached (s) |", "|---|---|---|"]
-    lines += [f"| {label} | {cold:.2f} | {'—' if warm is None else f'{warm:.2f}'} |"
-              for label, cold, warm in loads]
+    lines += ["", "| model load | new process, imports included (s) | in a running process (s) |",
+              "|---|---|---|"]
+    lines += [f"| {label} | {'—' if fresh is None else f'{fresh:.2f}'} | {loaded:.2f} |"
+              for label, fresh, loaded in loads]
     lines += ["", f"Cascade overhead (threshold 0, so the SLM answers every question): "
                   f"{cascade_s:.3f} s of wall time through the cascade for {model_s:.3f} s inside "
                   f"the model calls, ratio {cascade_s / model_s:.3f} (prompt building, parsing, "
@@ -309,7 +390,7 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         pairs = signal_pairs(tables[name], get_task(name).checker)
         pairs_by_dataset[name] = pairs
         plot = plots / f"bench-{name}.html"
-        section, reports = dataset_section(name, tables[name], pairs, str(plot))
+        section, reports = dataset_section(name, tables[name], pairs, str(plot), plan.traces)
         dataset_figure(name, reports).write_html(str(plot), include_plotlyjs="cdn")
         sections += section
         savings[name] = {signal: (r["best_within_2pt"] or {}).get("saving")

@@ -17,6 +17,8 @@ from pathlib import Path
 from corea import embedded
 from corea.costs import Price, load_price_table, resolve_price
 from corea.models import BACKENDS, GenerationConfig, ModelError
+from corea.checking import CHECKERS
+from corea.signals import SIGNALS
 from corea.tasks import BUILTIN_TASKS, ColumnMapping
 from corea.traces import TraceError
 
@@ -192,9 +194,21 @@ def cmd_trace(args) -> int:
 
 def cmd_sweep(args) -> int:
     from corea.metrics import join_traces, summarize
+    from corea.signals import with_signal
+    from corea.tasks import builtin_checker
     from corea.traces import read_trace
 
-    pair = join_traces(read_trace(args.slm), read_trace(args.llm))
+    slm_rows = read_trace(args.slm)
+    samples = [read_trace(path) for path in args.samples]
+    checker = args.checker or builtin_checker(slm_rows[0]["task"])
+    if args.signal == "vote_share" and checker is None:
+        raise SystemExit(f"error: task {slm_rows[0]['task']!r} is not built in: say how answers "
+                         f"are compared with --checker ({', '.join(CHECKERS)})")
+    try:
+        slm_rows = with_signal(slm_rows, args.signal, samples=samples, checker=checker or "exact")
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    pair = join_traces(slm_rows, read_trace(args.llm))
     report = summarize(pair, max_drop=args.max_drop)
     if args.plot:
         from corea.plots import pareto_figure
@@ -376,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--plot", type=Path, help="write an interactive Pareto plot (HTML)")
     sweep.add_argument("--max-drop", type=float, default=0.02,
                        help="accuracy loss allowed for the 'best' threshold (default: %(default)s)")
+    sweep.add_argument("--signal", choices=SIGNALS, default="verbalized",
+                       help="what the SLM defers on: its stated confidence (default), a token "
+                            "signal column of the SLM table, the vote share of --samples, or the "
+                            "oracle (defer exactly the SLM's wrong answers)")
+    sweep.add_argument("--samples", type=Path, nargs="+", default=[],
+                       help="sampled SLM trace tables of the same questions (for vote_share)")
+    sweep.add_argument("--checker", choices=CHECKERS,
+                       help="how sampled answers are compared for vote_share (default: the "
+                            "built-in task's checker)")
     sweep.set_defaults(handler=cmd_sweep)
 
     serve_parser = commands.add_parser(

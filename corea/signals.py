@@ -52,3 +52,42 @@ def vote_share(greedy_answer: str | None, sampled_answers: list[str | None], che
         return 0.0
     agree = sum(is_correct(sample, greedy_answer, checker) for sample in sampled_answers)
     return agree / len(sampled_answers)
+
+
+# The deferral signals a trace table can be swept on. Token signals are columns of tables traced
+# with log-probabilities; `vote_share` needs sampled tables of the same questions; `oracle`
+# (1 when the SLM is right) is the upper bound no real signal can pass.
+SIGNALS = ("verbalized", "answer_probability", "first_token_margin", "vote_share", "oracle")
+
+
+def with_signal(rows: list[dict], signal: str, *, samples: list[list[dict]] = (),
+                checker: str = "exact") -> list[dict]:
+    """`rows` with their confidence replaced by `signal`, so any sweep defers on it.
+
+    A row the signal cannot score (no answer, no log-probabilities) gets 0: the cascade defers it,
+    as it does a reply without a stated confidence.
+    """
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}")
+    if signal == "verbalized":
+        return rows
+    if signal in ("answer_probability", "first_token_margin") and rows and all(
+            signal not in row for row in rows):
+        raise ValueError(f"the trace has no {signal} column: trace the SLM with token "
+                         "log-probabilities (a llama.cpp or transformers model) to get it")
+    if signal == "vote_share":
+        if not samples:
+            raise ValueError("vote_share needs sampled trace tables of the same questions")
+        by_id = [{row["id"]: row for row in sample} for sample in samples]
+        missing = sum(row["id"] not in sample for row in rows for sample in by_id)
+        if missing:
+            raise ValueError(f"{missing} (question, sample) pairs are missing from the sampled "
+                             "tables: trace every sample over the same questions")
+        values = [vote_share(row["answer"], [sample[row["id"]]["answer"] for sample in by_id],
+                             checker) for row in rows]
+    elif signal == "oracle":
+        values = [1.0 if row["correct"] else 0.0 for row in rows]
+    else:
+        values = [row.get(signal) or 0.0 for row in rows]
+    return [{**row, "confidence": float(value), "format_ok": True}
+            for row, value in zip(rows, values)]

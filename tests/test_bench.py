@@ -1,0 +1,140 @@
+"""The benchmark's own computations, checked against numbers worked out by hand."""
+
+import json
+
+import numpy as np
+import pytest
+
+from corea.bench import (apgr, calibration_test_split, holdout_check, holdout_table, reading,
+                         random_deferral_saving, signal_pairs)
+from corea.metrics import TracePair, join_traces, summarize
+from corea.signals import with_signal
+from test_cli import corea, write_trace
+
+
+def slm_row(qid, answer, correct, confidence, *, format_ok=True, probability=None, margin=None):
+    return {"id": qid, "task": "svamp", "answer": answer, "correct": correct, "cost": 1.0,
+            "confidence": confidence, "format_ok": format_ok,
+            "answer_probability": probability, "first_token_margin": margin}
+
+
+def llm_row(qid, correct):
+    return {"id": qid, "task": "svamp", "answer": "x", "correct": correct, "cost": 10.0,
+            "confidence": 0.9, "format_ok": True}
+
+
+SLM = [slm_row("a", "4", True, 0.9, probability=0.8, margin=0.7),
+       slm_row("b", "5", False, 0.7, probability=0.3, margin=0.1),
+       slm_row("c", None, False, None, format_ok=False)]
+LLM = [llm_row("a", True), llm_row("b", True), llm_row("c", False)]
+SAMPLES = [[slm_row("a", "4.0", True, 0.5), slm_row("b", "6", False, 0.5),
+            slm_row("c", "1", False, 0.5)],
+           [slm_row("a", "4", True, 0.5), slm_row("b", "5", False, 0.5),
+            slm_row("c", None, False, None, format_ok=False)]]
+
+
+def test_each_signal_becomes_the_confidence_the_sweep_defers_on():
+    pairs = signal_pairs({"slm": SLM, "llm": LLM, "samples": SAMPLES}, "numeric")
+    confidences = {label: pair.confidence.tolist() for label, pair in pairs.items()}
+    assert confidences == {
+        "verbalized (untrained)": [0.9, 0.7, 0.0],       # format failure -> 0
+        "answer token probability": [0.8, 0.3, 0.0],     # no answer tokens -> 0
+        "first-token margin": [0.7, 0.1, 0.0],
+        "oracle (upper bound)": [1.0, 0.0, 0.0],
+        "self-consistency (k=2)": [1.0, 0.5, 0.0],       # "4.0" agrees with "4" numerically
+    }
+
+
+def test_signals_refuse_what_they_cannot_compute():
+    with pytest.raises(ValueError, match="unknown signal"):
+        with_signal(SLM, "entropy")
+    with pytest.raises(ValueError, match="needs sampled trace tables"):
+        with_signal(SLM, "vote_share")
+    with pytest.raises(ValueError, match="missing from the sampled"):
+        with_signal(SLM, "vote_share", samples=[SAMPLES[0][:2]])
+    plain = [{k: v for k, v in row.items() if k != "first_token_margin"} for row in SLM]
+    with pytest.raises(ValueError, match="log-probabilities"):
+        with_signal(plain, "first_token_margin")
+
+
+def test_apgr_is_the_area_under_the_recovered_gap():
+    report = {"slm_only": {"accuracy": 0.2}, "llm_only": {"accuracy": 0.6},
+              "points": [{"llm_share": 0.0, "accuracy": 0.2}, {"llm_share": 0.5, "accuracy": 0.5},
+                         {"llm_share": 1.0, "accuracy": 0.6}]}
+    # Gap recovered: 0 at share 0, 0.75 at 0.5, 1 at 1 -> trapezoids 0.1875 + 0.4375.
+    assert apgr(report) == pytest.approx(0.625)
+    assert apgr({**report, "llm_only": {"accuracy": 0.2}}) is None  # no gap to recover
+
+
+def pair_of(confidence, slm_correct, llm_correct, slm_cost=1.0, llm_cost=10.0):
+    n = len(confidence)
+    return TracePair(np.array([f"q{i}" for i in range(n)]), np.array(confidence, float),
+                     np.array(slm_correct, bool), np.full(n, slm_cost),
+                     np.array(llm_correct, bool), np.full(n, llm_cost))
+
+
+def test_random_deferral_saving_in_expectation():
+    # SLM right half the time, LLM always: staying within 2 points needs 96% deferred, which
+    # costs 1 + 0.96 * 10 = 10.6 against 10: a saving of -6%.
+    pair = pair_of([0.5] * 4, [True, False, True, False], [True] * 4)
+    assert random_deferral_saving(pair) == pytest.approx(-0.06)
+
+
+def test_calibration_and_test_splits_are_disjoint_two_thirds_and_one_third():
+    pair = pair_of(np.linspace(0, 1, 9), [True] * 9, [True] * 9)
+    calibration, test = calibration_test_split(pair)
+    assert len(calibration) == 6 and len(test) == 3
+    assert not set(calibration.ids) & set(test.ids)
+
+
+def test_a_perfectly_calibrated_slm_gets_a_certified_threshold_that_holds():
+    # 300 questions: the SLM says 0.9 when right (every other question) and 0.1 when wrong; the
+    # LLM is always right. Keeping exactly the 0.9 answers loses nothing: 200 calibration
+    # questions with none lost give p = 0.98^200 = 0.018 < 0.1, so it is certified.
+    right = [i % 2 == 0 for i in range(300)]
+    pair = pair_of([0.9 if r else 0.1 for r in right], right, [True] * 300)
+    check = holdout_check(pair)
+    assert check["guaranteed"]["threshold"] == 0.9
+    assert check["guaranteed"]["test_loss"] == 0.0
+    # Test third: half kept at cost 1, half deferred at 1 + 10 -> mean 6 against 10.
+    assert check["guaranteed"]["test_saving"] == pytest.approx(0.4)
+
+
+def test_too_few_calibration_questions_certify_nothing():
+    # 150 questions -> 100 calibrate; even losing nothing, 0.98^100 = 0.13 > 0.1.
+    right = [i % 2 == 0 for i in range(150)]
+    pair = pair_of([0.9 if r else 0.1 for r in right], right, [True] * 150)
+    check = holdout_check(pair)
+    assert check["guaranteed"] is None
+    assert check["empirical"]["threshold"] == 0.9
+    table = "\n".join(holdout_table({"verbalized (untrained)": pair}))
+    assert "none certified" in table and "114 calibration questions" in table
+
+
+def test_reading_says_when_the_slm_is_too_weak_to_save_anything():
+    pair = join_traces(with_signal(SLM, "oracle"), LLM)
+    weak = summarize(pair_of([0.0] * 20, [False] * 20, [True] * 20))
+    text = reading("gsm8k", {"verbalized (untrained)": weak, "oracle (upper bound)": weak})
+    assert "rarely right" in text and "LLM alone" in text
+    strong = summarize(pair)
+    text = reading("svamp", {"oracle (upper bound)": strong, "first-token margin": strong})
+    assert "Best real signal within 2 points: first-token margin" in text
+
+
+def test_sweep_cli_defers_on_the_chosen_signal(tmp_path):
+    paths = {name: write_trace(tmp_path / f"{name}.jsonl", rows, "m")
+             for name, rows in (("slm", SLM), ("llm", LLM), ("s1", SAMPLES[0]), ("s2", SAMPLES[1]))}
+
+    def sweep(*extra):
+        return corea("sweep", "--slm", str(paths["slm"]), "--llm", str(paths["llm"]), *extra)
+
+    margin = json.loads(sweep("--json", "--signal", "first_token_margin").stdout)
+    expected = summarize(join_traces(with_signal(SLM, "first_token_margin"), LLM))
+    assert [p["threshold"] for p in margin["points"]] == \
+        [p["threshold"] for p in expected["points"]]
+    assert margin["aiq"] == pytest.approx(expected["aiq"])
+    votes = json.loads(sweep("--json", "--signal", "vote_share", "--samples", str(paths["s1"]),
+                             str(paths["s2"])).stdout)
+    assert sorted(p["threshold"] for p in votes["points"])[:3] == [0.0, 0.5, 1.0]
+    refused = sweep("--signal", "vote_share")
+    assert refused.returncode != 0 and "sampled trace tables" in refused.stderr
