@@ -7,6 +7,8 @@ batch is flushed to disk as it finishes, so a crash loses at most the batch in f
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -17,7 +19,7 @@ from typing import Iterable
 from corea.checking import is_correct
 from corea.costs import Price
 from corea.models import Generation, GenerationConfig, Model
-from corea.protocol import build_messages, parse_reply
+from corea.protocol import FEW_SHOT, SYSTEM_PROMPT, build_messages, parse_reply
 from corea.signals import answer_probability, first_token_margin
 from corea.tasks import Example, Task
 
@@ -32,8 +34,16 @@ class TraceError(ValueError):
     """A trace file that cannot be used; the message names the file and line."""
 
 
+def setup_id(task: Task, config: GenerationConfig, few_shot: bool = True) -> str:
+    """A short fingerprint of what shaped the replies besides the model: the prompt, the task's
+    hint and the decoding settings. Resuming a trace under another setup would mix two runs."""
+    setup = {"system": SYSTEM_PROMPT, "few_shot": FEW_SHOT if few_shot else None,
+             "hint": task.hint, "decoding": dataclasses.asdict(config)}
+    return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def trace_row(example: Example, task: Task, split: str, model_name: str, generation: Generation,
-              price: Price) -> dict:
+              price: Price, setup: str | None = None) -> dict:
     parsed = parse_reply(generation.text)
     return {
         "id": example.id,
@@ -52,6 +62,7 @@ def trace_row(example: Example, task: Task, split: str, model_name: str, generat
         "cost": price.cost(generation.prompt_tokens, generation.completion_tokens),
         "latency_s": round(generation.latency_s, 4),
         **({"meta": example.meta} if example.meta else {}),
+        **({"setup": setup} if setup else {}),
         **_token_signals(generation),
     }
 
@@ -116,7 +127,7 @@ def read_trace(path: str | Path) -> list[dict]:
     return rows
 
 
-def _rows_to_resume(path: Path, model_name: str, task_name: str) -> list[dict]:
+def _rows_to_resume(path: Path, model_name: str, task_name: str, setup: str) -> list[dict]:
     """Rows already in `path`. A last line cut off by a crash is removed from the file."""
     if not path.exists():
         return []
@@ -133,6 +144,13 @@ def _rows_to_resume(path: Path, model_name: str, task_name: str) -> list[dict]:
                 f"{path} holds a trace of model {row['model']!r} on task {row['task']!r}, not "
                 f"{model_name!r} on {task_name!r}: choose another --out to start a new trace"
             )
+    # Rows written before fingerprints existed carry none and are taken as they are.
+    others = {row["setup"] for row in rows if row.get("setup", setup) != setup}
+    if others:
+        raise TraceError(
+            f"{path} was traced with another prompt or decoding settings (setup "
+            f"{', '.join(sorted(others))}, now {setup}): choose another --out to start a new trace"
+        )
     return rows
 
 
@@ -154,7 +172,8 @@ def run_trace(model: Model, task: Task, out: str | Path, *, split: str | None = 
     examples = task.examples(split, limit)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = _rows_to_resume(out, model.name, task.name)
+    setup = setup_id(task, config, few_shot)
+    done = _rows_to_resume(out, model.name, task.name, setup)
     done_ids = {row["id"] for row in done}
     todo = [example for example in examples if example.id not in done_ids]
 
@@ -169,7 +188,7 @@ def run_trace(model: Model, task: Task, out: str | Path, *, split: str | None = 
             conversations = [build_messages(e.question, few_shot=few_shot, hint=task.hint)
                              for e in batch]
             generations = model.generate(conversations, config)
-            rows = [trace_row(e, task, split, model.name, g, price)
+            rows = [trace_row(e, task, split, model.name, g, price, setup)
                     for e, g in zip(batch, generations)]
             # Opened at the first finished batch: a model that fails at once leaves no file.
             handle = handle or open(out, "a", encoding="utf-8")

@@ -54,6 +54,27 @@ def test_resuming_into_another_models_trace_is_refused(tiny_model, tiny_model_b,
         run_trace(tiny_model_b, get_task("svamp"), out, limit=1, config=SHORT, progress=False)
 
 
+def test_resuming_under_other_decoding_or_without_few_shot_is_refused(tiny_model, tmp_path):
+    out = tmp_path / "t.jsonl"
+    run_trace(tiny_model, get_task("svamp"), out, limit=1, config=SHORT, progress=False)
+    sampled = GenerationConfig(max_new_tokens=6, temperature=0.7, seed=1)
+    with pytest.raises(TraceError, match="another prompt or decoding settings"):
+        run_trace(tiny_model, get_task("svamp"), out, limit=2, config=sampled, progress=False)
+    with pytest.raises(TraceError, match="another prompt or decoding settings"):
+        run_trace(tiny_model, get_task("svamp"), out, limit=2, config=SHORT, few_shot=False,
+                  progress=False)
+    assert len(read_trace(out)) == 1  # nothing was added to the refused file
+
+
+def test_rows_from_before_fingerprints_are_resumed(tiny_model, tmp_path):
+    out = tmp_path / "t.jsonl"
+    run_trace(tiny_model, get_task("svamp"), out, limit=1, config=SHORT, progress=False)
+    old = [{k: v for k, v in row.items() if k != "setup"} for row in read_trace(out)]
+    out.write_text("".join(json.dumps(row) + "\n" for row in old))
+    assert run_trace(tiny_model, get_task("svamp"), out, limit=2, config=SHORT,
+                     progress=False).new_rows == 1
+
+
 def _valid_row(**changes):
     row = {"id": "a", "task": "t", "question": "q", "gold": "1", "model": "m", "output": "o",
            "answer": None, "confidence": None, "correct": False, "prompt_tokens": 1,
