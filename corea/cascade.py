@@ -1,12 +1,14 @@
 """The cascade: tiers of models from cheap to expensive, a threshold per tier but the last.
 
-A question goes to tier 1; if its stated confidence is below tier 1's threshold it goes on to tier 2,
-and so on; the last tier's answer is final. A question pays for every tier it visited.
+A question goes to tier 1; if its confidence is below tier 1's threshold it goes on to tier 2, and
+so on; the last tier's answer is final. A question pays for every tier it visited. A tier's
+confidence is the one its reply states (the default), or a token signal of the reply: the
+probability of the answer's tokens or the first answer token's margin (`corea.signals`).
 
 A cascade is described by a JSON config (what the app's threshold tuning exports and what
 `python -m corea ask/serve --config` read)::
 
-    {"tiers": [{"model": "smollm2", "threshold": 0.8},
+    {"tiers": [{"model": "smollm2", "threshold": 0.8, "signal": "verbalized"},
                {"model": "qwen", "price": {"input": 0.15, "output": 0.46}}],
      "generation": {"max_new_tokens": 320}}
 """
@@ -23,6 +25,7 @@ from corea.checking import is_correct
 from corea.costs import Price, resolve_price
 from corea.models import Generation, GenerationConfig, Model, get_model
 from corea.protocol import ParsedReply, build_messages, parse_reply
+from corea.signals import TOKEN_SIGNALS, check_runtime_signal, generation_confidence
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class TierSpec:
     price: Price | None = None
     adapter: str | None = None
     backend: str = "auto"
+    signal: str = "verbalized"  # what the threshold is compared with (corea.signals)
+
+    def __post_init__(self):
+        check_runtime_signal(self.signal)
 
     def to_dict(self) -> dict:
         data = {"model": self.model}
@@ -43,6 +50,8 @@ class TierSpec:
             data["adapter"] = self.adapter
         if self.backend != "auto":
             data["backend"] = self.backend
+        if self.signal != "verbalized":
+            data["signal"] = self.signal
         return data
 
 
@@ -78,6 +87,7 @@ class CascadeConfig:
                 threshold=float(tier["threshold"]) if tier.get("threshold") is not None else None,
                 price=Price.from_dict(tier["price"]) if tier.get("price") else None,
                 adapter=tier.get("adapter"), backend=tier.get("backend", "auto"),
+                signal=tier.get("signal", "verbalized"),
             ))
         generation = data.get("generation") or {}
         known = GenerationConfig.__dataclass_fields__
@@ -101,6 +111,13 @@ class Tier:
     model: Model
     threshold: float | None
     price: Price
+    signal: str = "verbalized"
+
+    def __post_init__(self):
+        if check_runtime_signal(self.signal) in TOKEN_SIGNALS and not getattr(
+                self.model, "logprobs", False):
+            raise ValueError(f"{self.model.name} cannot defer on {self.signal}: load it with "
+                             "token log-probabilities (logprobs=True)")
 
 
 @dataclass
@@ -114,10 +131,12 @@ class TierStep:
     cost: float
     decision: str  # "kept", "deferred" or "final"
     threshold: float | None
+    signal: str = "verbalized"
+    confidence: float | None = None  # the signal's value; None when unreadable (counts as 0)
 
     @property
-    def confidence(self) -> float:
-        return self.parsed.deferral_confidence
+    def deferral_confidence(self) -> float:
+        return self.confidence if self.confidence is not None else 0.0
 
 
 @dataclass
@@ -143,13 +162,6 @@ class CascadeResult:
         return sum(step.generation.latency_s for step in self.steps)
 
 
-def _decision(index: int, tiers: list[Tier], parsed: ParsedReply) -> str:
-    tier = tiers[index]
-    if index == len(tiers) - 1:
-        return "final"
-    return "kept" if parsed.deferral_confidence >= tier.threshold else "deferred"
-
-
 class Cascade:
     def __init__(self, tiers: list[Tier], generation: GenerationConfig = GenerationConfig()):
         if len(tiers) < 2:
@@ -163,18 +175,26 @@ class Cascade:
                     loader: Callable[..., Model] = get_model) -> "Cascade":
         tiers = []
         for spec in config.tiers:
-            model = loader(spec.model, adapter=spec.adapter, backend=spec.backend, token=token)
-            tiers.append(Tier(model, spec.threshold, resolve_price(model.name, price_table,
-                                                                     spec.price)))
+            extra = {"logprobs": True} if spec.signal in TOKEN_SIGNALS else {}
+            model = loader(spec.model, adapter=spec.adapter, backend=spec.backend, token=token,
+                           **extra)
+            tiers.append(Tier(model, spec.threshold,
+                              resolve_price(model.name, price_table, spec.price), spec.signal))
         return cls(tiers, config.generation)
 
     def decide(self, index: int, generation: Generation) -> TierStep:
         """Tier `index`'s step for a generation: parsed, priced, kept or deferred."""
         tier = self.tiers[index]
         parsed = parse_reply(generation.text)
+        confidence = generation_confidence(tier.signal, parsed, generation.text,
+                                           generation.token_logprobs)
+        if index == len(self.tiers) - 1:
+            decision = "final"
+        else:
+            decision = "kept" if (confidence or 0.0) >= tier.threshold else "deferred"
         return TierStep(index + 1, tier.model.name, generation, parsed,
                         tier.price.cost(generation.prompt_tokens, generation.completion_tokens),
-                        _decision(index, self.tiers, parsed), tier.threshold)
+                        decision, tier.threshold, tier.signal, confidence)
 
     def answer_batch(self, questions: list[str], *, hint: str | None = None,
                      golds: list[str] | None = None, checker: str = "numeric"

@@ -18,7 +18,7 @@ from corea import embedded
 from corea.costs import Price, load_price_table, resolve_price
 from corea.models import BACKENDS, GenerationConfig, ModelError
 from corea.checking import CHECKERS
-from corea.signals import SIGNALS
+from corea.signals import RUNTIME_SIGNALS, SIGNALS
 from corea.tasks import BUILTIN_TASKS, ColumnMapping
 from corea.traces import TraceError
 
@@ -102,7 +102,7 @@ def cmd_ask(args) -> int:
         if len(thresholds) != len(models) - 1:
             raise UsageError(f"{len(models)} tiers need {len(models) - 1} --threshold value(s), "
                              f"got {len(thresholds)}")
-        tiers = [TierSpec(m, t, backend=args.backend)
+        tiers = [TierSpec(m, t, backend=args.backend, signal=args.signal)
                  for m, t in zip(models, thresholds + [None])]
         try:
             config = CascadeConfig(tuple(tiers), _generation(args))
@@ -136,10 +136,12 @@ def cmd_ask(args) -> int:
 
 
 def _print_step(step) -> None:
-    confidence = step.parsed.confidence
-    shown = f"{confidence:.2f}" if confidence is not None else "none (format failure → 0)"
+    missing = "format failure" if step.signal == "verbalized" else "no answer to score"
+    shown = f"{step.confidence:.2f}" if step.confidence is not None else f"none ({missing} → 0)"
+    signal = "" if step.signal == "verbalized" else f" ({step.signal.replace('_', ' ')})"
     rule = "" if step.threshold is None else f" vs threshold {step.threshold:.2f}"
-    print(f"→ answer {step.parsed.answer!r}, confidence {shown}{rule}: {step.decision.upper()}")
+    print(f"→ answer {step.parsed.answer!r}, confidence{signal} {shown}{rule}: "
+          f"{step.decision.upper()}")
     print(f"  tokens {step.generation.prompt_tokens} in / {step.generation.completion_tokens} out, "
           f"cost ${step.cost:.8f}, {step.generation.latency_s:.1f} s", flush=True)
 
@@ -149,7 +151,8 @@ def _result_json(result) -> dict:
         "question": result.question, "answer": result.answer, "answered_by": result.answered_by,
         "cost": result.cost, "latency_s": result.latency_s,
         "steps": [{"tier": s.tier, "model": s.model, "output": s.generation.text,
-                   "answer": s.parsed.answer, "confidence": s.parsed.confidence,
+                   "answer": s.parsed.answer, "confidence": s.confidence, "signal": s.signal,
+                   "stated_confidence": s.parsed.confidence,
                    "format_ok": s.parsed.format_ok, "decision": s.decision,
                    "threshold": s.threshold, "prompt_tokens": s.generation.prompt_tokens,
                    "completion_tokens": s.generation.completion_tokens, "cost": s.cost,
@@ -338,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--threshold", action="append", type=float, metavar="T",
                      help=f"confidence a tier needs to keep its answer, one per tier but the last "
                           f"(default: {DEFAULT_THRESHOLD})")
+    ask.add_argument("--signal", choices=RUNTIME_SIGNALS, default="verbalized",
+                     help="what each tier's threshold is compared with: the confidence its reply "
+                          "states (default), or a token signal of the reply, which needs "
+                          "log-probabilities from the model (all local backends; endpoints that "
+                          "return them)")
     ask.add_argument("--config", type=Path, help="a cascade config JSON (as the app exports)")
     ask.add_argument("--checker", choices=("numeric", "yesno", "choice", "exact"),
                      default="exact", help="the answer-format hint added to the question: numeric, "
@@ -364,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="questions generated together (default: %(default)s)")
     trace.add_argument("--zero-shot", action="store_true", help="leave out the worked examples")
     trace.add_argument("--logprobs", action="store_true",
-                       help="also record token-probability confidence signals (llama.cpp backend)")
+                       help="also record token-probability confidence signals")
     trace.add_argument("--price-in", type=float, help="USD per 1M input tokens for this model")
     trace.add_argument("--price-out", type=float, help="USD per 1M output tokens for this model")
     trace.add_argument("--quiet", action="store_true", help="no progress bar")

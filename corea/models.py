@@ -75,6 +75,27 @@ class Model(ABC):
         return f"{type(self).__name__}({self.name!r})"
 
 
+TokenLogprobs = tuple[tuple[str, float, "float | None"], ...]
+
+
+def openai_token_logprobs(logprobs) -> TokenLogprobs | None:
+    """Per-token rows from an OpenAI-shaped `logprobs` object (a dict, as llama.cpp returns it, or
+    an object with the same fields, as huggingface_hub returns it)."""
+    def field(item, name):
+        return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+    content = field(logprobs, "content") if logprobs is not None else None
+    if not content:
+        return None
+    rows = []
+    for token in content:
+        alternatives = [float(field(t, "logprob")) for t in field(token, "top_logprobs") or []
+                        if field(t, "token") != field(token, "token")]
+        rows.append((field(token, "token"), float(field(token, "logprob")),
+                     alternatives[0] if alternatives else None))
+    return tuple(rows)
+
+
 # --------------------------------------------------------------------------- llama.cpp (GGUF, CPU)
 
 class LlamaCppModel(Model):
@@ -99,24 +120,11 @@ class LlamaCppModel(Model):
         self._lock = threading.Lock()
 
     def _completion(self, messages: list[dict], config: GenerationConfig, stream: bool):
-        extra = {"logprobs": True, "top_logprobs": 2} if self.logprobs and not stream else {}
+        extra = {"logprobs": True, "top_logprobs": 2} if self.logprobs else {}
         return self._llm.create_chat_completion(
             messages=messages, max_tokens=config.max_new_tokens, temperature=config.temperature,
             top_p=config.top_p, seed=config.seed, stream=stream, **extra,
         )
-
-    @staticmethod
-    def _token_logprobs(choice: dict):
-        content = (choice.get("logprobs") or {}).get("content")
-        if not content:
-            return None
-        rows = []
-        for token in content:
-            alternatives = [float(t["logprob"]) for t in token.get("top_logprobs") or []
-                            if t["token"] != token["token"]]
-            rows.append((token["token"], float(token["logprob"]),
-                         alternatives[0] if alternatives else None))
-        return tuple(rows)
 
     def generate(self, conversations, config=GenerationConfig()):
         results = []
@@ -131,16 +139,17 @@ class LlamaCppModel(Model):
                 text=choice["message"]["content"] or "",
                 prompt_tokens=usage["prompt_tokens"],
                 completion_tokens=usage["completion_tokens"], latency_s=elapsed,
-                token_logprobs=self._token_logprobs(choice),
+                token_logprobs=openai_token_logprobs(choice.get("logprobs")),
             ))
         return results
 
     def stream(self, messages, config=GenerationConfig()):
         with self._lock:
             start = time.perf_counter()
-            text, pieces = "", 0
+            text, pieces, token_logprobs = "", 0, []
             for chunk in self._completion(messages, config, stream=True):
                 delta = chunk["choices"][0]["delta"].get("content") or ""
+                token_logprobs += openai_token_logprobs(chunk["choices"][0].get("logprobs")) or ()
                 if delta:
                     text += delta
                     pieces += 1
@@ -149,7 +158,8 @@ class LlamaCppModel(Model):
             # The stream carries no usage; count the tokens the way the server would have.
             prompt_tokens = self._count_prompt_tokens(messages)
             completion_tokens = len(self._llm.tokenize(text.encode(), add_bos=False, special=True))
-        yield Generation(text, prompt_tokens, completion_tokens, elapsed)
+        yield Generation(text, prompt_tokens, completion_tokens, elapsed,
+                         token_logprobs=tuple(token_logprobs) if self.logprobs else None)
 
     def _count_prompt_tokens(self, messages: list[dict]) -> int:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -176,11 +186,13 @@ class TransformersModel(Model):
 
     def __init__(self, source: str | Path, name: str | None = None, *, gguf_file: str | None = None,
                  adapter: str | Path | None = None, device: str | None = None,
-                 trust_remote_code: bool = False, model=None, tokenizer=None):
+                 trust_remote_code: bool = False, model=None, tokenizer=None,
+                 logprobs: bool = False):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = name or Path(str(source)).name
+        self.logprobs = logprobs
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         load_kwargs = {"trust_remote_code": trust_remote_code}
         if gguf_file:
@@ -212,7 +224,8 @@ class TransformersModel(Model):
 
     def _generate_kwargs(self, config: GenerationConfig) -> dict:
         kwargs = {"max_new_tokens": config.max_new_tokens,
-                  "pad_token_id": self.tokenizer.pad_token_id}
+                  "pad_token_id": self.tokenizer.pad_token_id,
+                  "return_dict_in_generate": True, "output_scores": self.logprobs}
         if config.temperature > 0:
             kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
         else:
@@ -234,7 +247,7 @@ class TransformersModel(Model):
         prompt_length = batch["input_ids"].shape[1]
         stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
         results = []
-        for row, mask in zip(output, batch["attention_mask"]):
+        for index, (row, mask) in enumerate(zip(output.sequences, batch["attention_mask"])):
             completion = row[prompt_length:].tolist()
             length = next((i for i, t in enumerate(completion) if t in stop_ids), len(completion))
             # An eos token counts as generated: it was produced and paid for.
@@ -243,8 +256,29 @@ class TransformersModel(Model):
                 text=self.tokenizer.decode(completion[:length], skip_special_tokens=True),
                 prompt_tokens=int(mask.sum()), completion_tokens=billed,
                 latency_s=elapsed,  # a batch finishes together: each row waited this long
+                token_logprobs=self._token_logprobs(output.scores, index, completion[:length]),
             ))
         return results
+
+    def _token_logprobs(self, scores, row: int, ids: list[int]) -> TokenLogprobs | None:
+        """(text, log-probability, runner-up's) per generated token, from generate()'s scores.
+        Each token's text is what it adds to the decoded reply, so the texts join to the reply
+        and the answer's characters can be matched to its tokens."""
+        import torch
+
+        if not self.logprobs or scores is None:
+            return None
+        rows, previous = [], ""
+        for step, token_id in enumerate(ids):
+            logprobs = torch.log_softmax(scores[step][row].float(), dim=-1)
+            top = logprobs.topk(2)
+            values, indices = top.values.tolist(), top.indices.tolist()
+            chosen = float(logprobs[token_id])
+            runner_up = values[1] if indices[0] == token_id else values[0]
+            text = self.tokenizer.decode(ids[:step + 1], skip_special_tokens=True)
+            rows.append((text[len(previous):], chosen, runner_up))
+            previous = text
+        return tuple(rows)
 
     def stream(self, messages, config=GenerationConfig()):
         import torch
@@ -269,11 +303,15 @@ class TransformersModel(Model):
                 text += piece
                 yield Generation(text, 0, 0, time.perf_counter() - start, done=False)
             worker.join()
-        completion = output["ids"][0][batch["input_ids"].shape[1]:].tolist()
-        pad = self.tokenizer.pad_token_id
-        completion_tokens = len([t for t in completion if t != pad]) or len(completion)
+        completion = output["ids"].sequences[0][batch["input_ids"].shape[1]:].tolist()
+        stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
+        length = next((i for i, t in enumerate(completion) if t in stop_ids), len(completion))
+        completion_tokens = len([t for t in completion if t != self.tokenizer.pad_token_id]) \
+            or len(completion)
         yield Generation(text, int(batch["attention_mask"].sum()), completion_tokens,
-                         time.perf_counter() - start)
+                         time.perf_counter() - start,
+                         token_logprobs=self._token_logprobs(output["ids"].scores, 0,
+                                                             completion[:length]))
 
 
 # ------------------------------------------------------------------------ OpenAI-compatible endpoint
@@ -282,18 +320,22 @@ class EndpointModel(Model):
     """An OpenAI-compatible chat endpoint (vLLM, TGI, llama.cpp server, HF Inference Providers)."""
 
     def __init__(self, base_url: str, model: str | None = None, token: str | None = None,
-                 name: str | None = None, timeout_s: float = 120.0, concurrency: int = 4):
+                 name: str | None = None, timeout_s: float = 120.0, concurrency: int = 4,
+                 logprobs: bool = False):
         from huggingface_hub import InferenceClient
 
         self.base_url = base_url.rstrip("/")
         self.model_id = model or "default"
         self.name = name or self.model_id
         self.concurrency = concurrency
+        self.logprobs = logprobs
         token = token or next((os.environ[v] for v in TOKEN_ENV_VARS if os.environ.get(v)), None)
         # The token lives only inside the client; it is never logged or put in a name or repr.
         self._client = InferenceClient(base_url=self.base_url, api_key=token, timeout=timeout_s)
 
     def _call(self, messages: list[dict], config: GenerationConfig, **extra):
+        if self.logprobs:
+            extra.update(logprobs=True, top_logprobs=2)
         try:
             return self._client.chat_completion(
                 messages=messages, model=self.model_id, max_tokens=config.max_new_tokens,
@@ -313,6 +355,7 @@ class EndpointModel(Model):
             prompt_tokens=int(usage.prompt_tokens) if usage else 0,
             completion_tokens=int(usage.completion_tokens) if usage else 0,
             latency_s=elapsed,
+            token_logprobs=openai_token_logprobs(response.choices[0].logprobs),
         )
 
     def generate(self, conversations, config=GenerationConfig()):
@@ -323,10 +366,12 @@ class EndpointModel(Model):
 
     def stream(self, messages, config=GenerationConfig()):
         start = time.perf_counter()
-        text, usage = "", None
+        text, usage, token_logprobs = "", None, []
         chunks = self._call(messages, config, stream=True, stream_options={"include_usage": True})
         try:
             for chunk in chunks:
+                if chunk.choices:
+                    token_logprobs += openai_token_logprobs(chunk.choices[0].logprobs) or ()
                 if chunk.choices and chunk.choices[0].delta.content:
                     text += chunk.choices[0].delta.content
                     yield Generation(text, 0, 0, time.perf_counter() - start, done=False)
@@ -339,7 +384,8 @@ class EndpointModel(Model):
             yield replace(final, latency_s=time.perf_counter() - start)
             return
         yield Generation(text, int(usage.prompt_tokens), int(usage.completion_tokens),
-                         time.perf_counter() - start)
+                         time.perf_counter() - start,
+                         token_logprobs=tuple(token_logprobs) if self.logprobs else None)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -362,8 +408,10 @@ def _load_gguf(path: Path, name: str, backend: str, adapter, logprobs: bool = Fa
         return LlamaCppModel(path, name=name, logprobs=logprobs)
     embedded_model = embedded.resolve_embedded(name)
     if embedded_model is not None:  # a cached converted copy loads faster than the GGUF
-        return TransformersModel(embedded.trainable_copy(name), name=name, adapter=adapter)
-    return TransformersModel(path.parent, name=name, gguf_file=path.name, adapter=adapter)
+        return TransformersModel(embedded.trainable_copy(name), name=name, adapter=adapter,
+                                 logprobs=logprobs)
+    return TransformersModel(path.parent, name=name, gguf_file=path.name, adapter=adapter,
+                             logprobs=logprobs)
 
 
 def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "auto",
@@ -378,7 +426,7 @@ def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "
                          "a Hub id or an endpoint URL")
     if spec.startswith(("http://", "https://")):
         base_url, model_id = _parse_endpoint(spec)
-        return EndpointModel(base_url, model_id, token=token)
+        return EndpointModel(base_url, model_id, token=token, logprobs=logprobs)
     embedded_model = embedded.resolve_embedded(spec)
     if embedded_model is not None:
         try:
@@ -394,12 +442,12 @@ def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "
         return _load_gguf(path, path.stem, backend, adapter, logprobs)
     if path.is_dir():
         if (path / "adapter_config.json").is_file() and adapter is None:
-            return _load_adapter_dir(path, backend)
+            return _load_adapter_dir(path, backend, logprobs)
         return TransformersModel(path, name=path.name, adapter=adapter,
-                                 trust_remote_code=trust_remote_code)
+                                 trust_remote_code=trust_remote_code, logprobs=logprobs)
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return TransformersModel(spec, name=spec, adapter=adapter,
-                                 trust_remote_code=trust_remote_code)
+                                 trust_remote_code=trust_remote_code, logprobs=logprobs)
     raise ModelError(
         f"unknown model {spec!r}: use an embedded name ({', '.join(embedded.EMBEDDED_MODELS)}), "
         "a shipped adapter (adapters/), "
@@ -407,7 +455,7 @@ def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "
     )
 
 
-def _load_adapter_dir(path: Path, backend: str) -> Model:
+def _load_adapter_dir(path: Path, backend: str, logprobs: bool = False) -> Model:
     import json
 
     base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
@@ -417,7 +465,8 @@ def _load_adapter_dir(path: Path, backend: str) -> Model:
         or embedded.resolve_embedded(base)
     if found is not None:  # the embedded copy offline; its Hub checkpoint where it is not installed
         base = found.name if found.installed() else found.hub_id
-    model = load_model(base, adapter=path, backend="transformers" if backend == "auto" else backend)
+    model = load_model(base, adapter=path, backend="transformers" if backend == "auto" else backend,
+                       logprobs=logprobs)
     model.name = f"{model.name}+{path.name}"
     return model
 

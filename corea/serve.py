@@ -225,7 +225,7 @@ def _corea_field(result: dict) -> dict:
         "answered_by": final.model, "tier": final.tier, "answer": final.parsed.answer,
         "fallback": result["fallback"], "failed_tiers": result["failed_tiers"],
         "cost": sum(step.cost for step in result["steps"]),
-        "tiers": [{"tier": s.tier, "model": s.model, "confidence": s.parsed.confidence,
+        "tiers": [{"tier": s.tier, "model": s.model, "confidence": s.confidence, "signal": s.signal,
                    "decision": s.decision, "cost": s.cost} for s in result["steps"]],
     }
 

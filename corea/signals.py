@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from corea.checking import is_correct
-from corea.protocol import answer_span
+from corea.protocol import ParsedReply, answer_span
 
 
 def _answer_tokens(text: str, token_logprobs) -> list[tuple[str, float, float | None]]:
@@ -52,6 +52,29 @@ def vote_share(greedy_answer: str | None, sampled_answers: list[str | None], che
         return 0.0
     agree = sum(is_correct(sample, greedy_answer, checker) for sample in sampled_answers)
     return agree / len(sampled_answers)
+
+
+# Signals a cascade can defer on at run time, each read from a single generation (vote_share needs k
+# extra samples per question and the oracle needs the gold answer: they are for sweeps only).
+TOKEN_SIGNALS = ("answer_probability", "first_token_margin")
+RUNTIME_SIGNALS = ("verbalized", *TOKEN_SIGNALS)
+
+
+def check_runtime_signal(signal: str) -> str:
+    if signal not in RUNTIME_SIGNALS:
+        raise ValueError(f"a cascade cannot defer on {signal!r} at run time; choose one of "
+                         f"{', '.join(RUNTIME_SIGNALS)}")
+    return signal
+
+
+def generation_confidence(signal: str, parsed: ParsedReply, text: str,
+                          token_logprobs) -> float | None:
+    """`signal`'s value for one reply; None when it cannot be read (no stated confidence, no
+    answer, no log-probabilities), which the cascade treats as 0 and defers."""
+    if check_runtime_signal(signal) == "verbalized":
+        return parsed.confidence if parsed.format_ok else None
+    read = answer_probability if signal == "answer_probability" else first_token_margin
+    return read(text, token_logprobs)
 
 
 # The deferral signals a trace table can be swept on. Token signals are columns of tables traced

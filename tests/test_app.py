@@ -14,6 +14,7 @@ from gradio_client import Client, handle_file
 from conftest import free_port
 from corea.cascade import CascadeConfig
 from corea.metrics import evaluate_threshold, join_traces, summarize
+from corea.signals import with_signal
 from corea.thresholds import choose_threshold
 from corea.traces import read_trace
 from test_cli import write_trace
@@ -118,6 +119,25 @@ def test_goals_propose_the_same_threshold_as_the_library(client, uploaded):
     assert config.tiers[0].threshold == 0.6 and config.tiers[0].price is not None
 
 
+def test_tuning_on_a_token_signal_exports_it(client, uploaded, tmp_path):
+    # The same SLM rows with an answer-probability column that ranks them the other way round.
+    probabilities = {"q1": 0.95, "q2": 0.2, "q3": 0.7, "q4": 0.1}
+    slm = write_trace(tmp_path / "slm-logprobs.jsonl",
+                      [{**r, "answer_probability": probabilities[r["id"]]} for r in SLM],
+                      "smollm2-135m")
+    pair = join_traces(with_signal(read_trace(slm), "answer_probability"), read_trace(uploaded[1]))
+    point = client.predict(None, handle_file(str(slm)), handle_file(str(uploaded[1])), 0.5,
+                           "answer token probability", api_name="/tune_load")[2]
+    assert point == pytest.approx(evaluate_threshold(pair, 0.5))
+    assert point != pytest.approx(evaluate_threshold(join_traces(read_trace(slm),
+                                                                 read_trace(uploaded[1])), 0.5))
+    config = CascadeConfig.load(client.predict(0.5, api_name="/tune_export"))
+    assert config.tiers[0].signal == "answer_probability" and config.tiers[0].threshold == 0.5
+    with pytest.raises(Exception, match="no answer_probability column"):
+        client.predict(None, handle_file(str(uploaded[0])), handle_file(str(uploaded[1])), 0.5,
+                       "answer token probability", api_name="/tune_load")
+
+
 @pytest.mark.parametrize("content,message", [
     ("this is not json\n", "not valid JSON"),
     ('{"id": "q1"}\n', "missing field"),
@@ -150,6 +170,15 @@ def test_ask_streams_both_tiers(client, tiny_dirs):
     assert "Deferred" in decision and 'data-confidence="0.0000"' in bar
     assert [row[4] for row in steps["data"]] == ["deferred", "final"]
     assert all(row[6] > 0 for row in steps["data"])  # completion tokens counted
+
+
+def test_ask_on_a_token_signal_scores_the_slm_by_its_tokens(client, tiny_dirs):
+    slm_text, bar, decision, _, steps = client.predict(
+        "What is 2 + 2?", *tiny_dirs, "", "", 0.5, "a number", "answer token probability",
+        api_name="/ask")
+    # Random weights write no "Answer:" line, so there are no answer tokens to score: deferred.
+    assert "no answer to take the answer token probability of" in bar
+    assert "Deferred" in decision and steps["data"][0][3] == "—"
 
 
 @pytest.mark.parametrize("question", ["", "   "])

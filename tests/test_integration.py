@@ -51,6 +51,16 @@ def test_embedded_slm_streams_what_it_generates():
     assert snapshots[-1].prompt_tokens == whole.prompt_tokens
 
 
+def test_embedded_slm_log_probabilities_stream_and_whole_agree():
+    model = get_model("smollm2", logprobs=True)
+    messages = build_messages("What is 7 + 5?", hint="Give the final answer as a number.")
+    whole = model.generate([messages], SHORT)[0]
+    streamed = list(model.stream(messages, SHORT))[-1]
+    assert whole.token_logprobs and "".join(t[0] for t in whole.token_logprobs) == whole.text
+    assert streamed.token_logprobs == whole.token_logprobs
+    assert all(t[1] <= 0 and (t[2] is None or t[2] <= t[1] + 1e-6) for t in whole.token_logprobs)
+
+
 @pytest.fixture(scope="module")
 def llama_server():
     from corea.embedded import smollm2_gguf
@@ -92,6 +102,12 @@ def test_endpoint_backend_against_a_real_server(llama_server):
     snapshots = list(model.stream(messages[0], SHORT))
     assert snapshots[-1].done and snapshots[-1].completion_tokens > 0
     assert snapshots[-1].text == remote_gens[0].text
+    # Token log-probabilities come over the wire too, so token signals work on endpoints.
+    remote = load_model(f"{base_url}#smollm2", logprobs=True).generate(messages[:1], SHORT)[0]
+    mine = get_model("smollm2", logprobs=True).generate(messages[:1], SHORT)[0]
+    assert [t[0] for t in remote.token_logprobs] == [t[0] for t in mine.token_logprobs]
+    assert [t[1] for t in remote.token_logprobs] == pytest.approx(
+        [t[1] for t in mine.token_logprobs], abs=1e-2)
 
 
 def test_endpoint_that_goes_away_is_a_clear_error(llama_server):

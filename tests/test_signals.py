@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from corea.protocol import answer_span
-from corea.signals import answer_probability, first_token_margin, vote_share
+from corea.protocol import answer_span, parse_reply
+from corea.signals import (answer_probability, check_runtime_signal, first_token_margin,
+                           generation_confidence, vote_share)
 
 TEXT = "2 + 3 = 5\nAnswer: 5\nConfidence: 0.9"
 # Tokens as a backend returns them: text pieces that join to the reply, with log-probabilities.
@@ -40,3 +41,21 @@ def test_vote_share():
     assert vote_share("12", ["12", "12.0", "$12", "13"], "numeric") == 0.75
     assert vote_share(None, ["12"], "numeric") == 0.0
     assert vote_share("yes", [], "yesno") == 0.0
+
+
+def test_runtime_confidence_of_each_signal():
+    parsed = parse_reply(TEXT)
+    assert generation_confidence("verbalized", parsed, TEXT, None) == 0.9
+    assert generation_confidence("answer_probability", parsed, TEXT, TOKENS) == pytest.approx(0.8)
+    assert generation_confidence("first_token_margin", parsed, TEXT, TOKENS) == pytest.approx(0.65)
+    # A reply without the format has no stated confidence; without tokens, no token signal.
+    unformatted = parse_reply("it is 5")
+    assert generation_confidence("verbalized", unformatted, "it is 5", TOKENS) is None
+    assert generation_confidence("answer_probability", parsed, TEXT, None) is None
+
+
+def test_only_single_generation_signals_run_in_a_cascade():
+    assert check_runtime_signal("first_token_margin") == "first_token_margin"
+    for signal in ("vote_share", "oracle", "entropy"):
+        with pytest.raises(ValueError, match="cannot defer on"):
+            check_runtime_signal(signal)

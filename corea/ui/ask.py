@@ -11,7 +11,8 @@ from corea.costs import resolve_price
 from corea.models import GenerationConfig, ModelError
 from corea.protocol import validate_question
 from corea.tasks import HINTS, get_task
-from corea.ui.common import gpu, llm_choices, load_for_ui, slm_choices
+from corea.ui.common import (SIGNAL_CHOICES, gpu, llm_choices, load_for_ui, signal_for_ui,
+                             slm_choices)
 
 ANSWER_KINDS = {"a number": "numeric", "yes or no": "yesno", "free text": "exact"}
 STEP_HEADERS = ["tier", "model", "answer", "confidence", "decision", "tokens in", "tokens out",
@@ -25,12 +26,17 @@ def example_questions() -> list[list[str]]:
     return [[get_task(name).examples(split, 1)[0].question, kind] for name, split, kind in picks]
 
 
-def confidence_bar(confidence: float | None, threshold: float) -> str:
-    """A bar of the stated confidence with the threshold marked on it."""
+def confidence_bar(confidence: float | None, threshold: float,
+                   signal_label: str = "stated confidence") -> str:
+    """A bar of the SLM's confidence (by the chosen signal) with the threshold marked on it."""
     value = 0.0 if confidence is None else confidence
     color = "#2ca02c" if value >= threshold else "#d62728"
-    label = "no confidence stated (format failure: counts as 0)" if confidence is None \
-        else f"confidence {value:.2f}"
+    if confidence is not None:
+        label = f"{signal_label} {value:.2f}"
+    elif signal_label == "stated confidence":
+        label = "no confidence stated (format failure: counts as 0)"
+    else:
+        label = f"no answer to take the {signal_label} of (counts as 0)"
     return (
         f'<div class="corea-bar" data-confidence="{value:.4f}" style="position:relative;height:22px;'
         f'background:#eee;border-radius:4px;margin:4px 0">'
@@ -42,7 +48,7 @@ def confidence_bar(confidence: float | None, threshold: float) -> str:
 
 
 def _step_row(step) -> list:
-    confidence = step.parsed.confidence
+    confidence = step.confidence
     return [step.tier, step.model, step.parsed.answer or "—",
             "—" if confidence is None else round(confidence, 3), step.decision,
             step.generation.prompt_tokens, step.generation.completion_tokens,
@@ -50,15 +56,17 @@ def _step_row(step) -> list:
 
 
 @gpu
-def ask(question, slm, llm, endpoint_model, token, threshold, answer_kind, max_new_tokens=320):
+def ask(question, slm, llm, endpoint_model, token, threshold, answer_kind,
+        signal_label="stated confidence", max_new_tokens=320):
     """Stream the cascade: yields (SLM text, confidence bar, decision, LLM text, steps table)."""
     try:
         question = validate_question(question)
     except ValueError as error:
         raise gr.Error(str(error)) from None
-    slm_model = load_for_ui(slm)
+    signal = signal_for_ui(signal_label)
+    slm_model = load_for_ui(slm, signal=signal)
     llm_model = load_for_ui(llm, endpoint_model, token)
-    cascade = Cascade([Tier(slm_model, float(threshold), resolve_price(slm_model.name)),
+    cascade = Cascade([Tier(slm_model, float(threshold), resolve_price(slm_model.name), signal),
                        Tier(llm_model, None, resolve_price(llm_model.name))],
                       GenerationConfig(max_new_tokens=int(max_new_tokens)))
     texts, bar, decision, rows = ["", ""], confidence_bar(None, threshold), "", []
@@ -70,12 +78,11 @@ def ask(question, slm, llm, endpoint_model, token, threshold, answer_kind, max_n
                 step = event["step"]
                 rows.append(_step_row(step))
                 if step.tier == 1:
-                    bar = confidence_bar(step.parsed.confidence if step.parsed.format_ok else None,
-                                         threshold)
+                    bar = confidence_bar(step.confidence, threshold, signal_label)
                     decision = (f"**Kept** by {step.model}: answer **{step.parsed.answer}**"
                                 if step.decision == "kept" else
                                 f"**Deferred** to {llm_model.name} (confidence "
-                                f"{step.confidence:.2f} < threshold {threshold:.2f})…")
+                                f"{step.deferral_confidence:.2f} < threshold {threshold:.2f})…")
                 else:
                     decision += f" {llm_model.name} answers **{step.parsed.answer or '—'}**."
             elif event["type"] == "done":
@@ -95,6 +102,9 @@ def build_ask_tab() -> None:
             answer_kind = gr.Radio(list(ANSWER_KINDS), value="a number", label="Answer is")
             threshold = gr.Slider(0, 1, value=0.8, step=0.01, label="Threshold",
                                   info="defer to the LLM when the SLM's confidence is below it")
+            signal = gr.Radio(list(SIGNAL_CHOICES), value="stated confidence",
+                              label="SLM confidence is",
+                              info="what it states, or how probable its answer's tokens were")
             button = gr.Button("Ask", variant="primary")
         with gr.Column(scale=1):
             slm = gr.Dropdown(slm_choices(), value=slm_choices()[0], allow_custom_value=True,
@@ -114,6 +124,6 @@ def build_ask_tab() -> None:
             decision = gr.Markdown(elem_id="ask-decision")
         llm_text = gr.Textbox(label="LLM reasoning (when deferred)", lines=8, elem_id="ask-llm")
     steps = gr.Dataframe(headers=STEP_HEADERS, label="Per tier", interactive=False)
-    button.click(ask, [question, slm, llm, endpoint_model, token, threshold, answer_kind],
+    button.click(ask, [question, slm, llm, endpoint_model, token, threshold, answer_kind, signal],
                  [slm_text, bar, decision, llm_text, steps], api_name="ask", concurrency_limit=1,
                  concurrency_id="models")

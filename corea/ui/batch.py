@@ -55,7 +55,7 @@ def run_batch(task_name, count, slm, llm, endpoint_model, token, threshold,
         deferred.append(len(result.steps) > 1)
         costs.append(result.cost)
         rows.append([example.id, example.gold, result.answer or "—",
-                     "—" if first.parsed.confidence is None else round(first.parsed.confidence, 3),
+                     "—" if first.confidence is None else round(first.confidence, 3),
                      result.answered_by, "✓" if result.correct else "✗", round(result.cost, 8)])
         progress((index + 1) / len(examples), desc=f"{index + 1}/{len(examples)}")
         summary = (f"**{index + 1}/{len(examples)}** · accuracy {sum(correct) / len(correct):.1%} · "

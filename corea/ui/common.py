@@ -9,6 +9,7 @@ import gradio as gr
 
 from corea import embedded
 from corea.models import Model, ModelError, get_model
+from corea.signals import TOKEN_SIGNALS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The trace pairs the Tune tab offers; COREA_TRACES_DIR points it at another folder.
@@ -47,14 +48,28 @@ def llm_choices() -> list[str]:
                     *slm_choices()[:1])
 
 
-def load_for_ui(spec: str, endpoint_model: str = "", token: str = "") -> Model:
+# What the small model's threshold can be compared with, as the tabs name it (corea.signals).
+SIGNAL_CHOICES = {"stated confidence": "verbalized",
+                  "answer token probability": "answer_probability",
+                  "first-token margin": "first_token_margin"}
+
+
+def signal_for_ui(label: str) -> str:
+    if label not in SIGNAL_CHOICES:
+        raise gr.Error(f"choose a deferral signal: {', '.join(SIGNAL_CHOICES)}")
+    return SIGNAL_CHOICES[label]
+
+
+def load_for_ui(spec: str, endpoint_model: str = "", token: str = "", *,
+                signal: str = "verbalized") -> Model:
     """A model for a visitor; failures become a message in the page, never a crash or a log of
-    the token."""
+    the token. A token signal needs the model's log-probabilities."""
     spec = (spec or "").strip()
     if spec.startswith(("http://", "https://")) and endpoint_model.strip() and "#" not in spec:
         spec = f"{spec}#{endpoint_model.strip()}"
+    extra = {"logprobs": True} if signal in TOKEN_SIGNALS else {}
     try:
-        return get_model(spec, token=token.strip() or None)
+        return get_model(spec, token=token.strip() or None, **extra)
     except ModelError as error:
         raise gr.Error(str(error)) from None
     except Exception as error:  # a model that cannot be loaded must not take the app down

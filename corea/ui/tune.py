@@ -17,7 +17,8 @@ from corea.metrics import TracePair, evaluate_threshold, join_traces, summarize
 from corea.plots import move_marker, pareto_figure, thin
 from corea.thresholds import choose_threshold, random_and_oracle_curves
 from corea.traces import TraceError, parse_trace_lines, read_trace
-from corea.ui.common import bundled_trace_pairs
+from corea.signals import with_signal
+from corea.ui.common import SIGNAL_CHOICES, bundled_trace_pairs, signal_for_ui
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 GOAL_LABELS = {
@@ -36,6 +37,7 @@ class LoadedPair:
     report: dict
     slm_model: str
     llm_model: str
+    signal: str = "verbalized"
     # Built at the first slider position, then only their current-point markers move. Slider
     # events run one at a time per visitor (trigger_mode="always_last"), so no lock is needed.
     pareto: go.Figure | None = None
@@ -59,7 +61,8 @@ def _read_upload(path: str, label: str) -> list[dict]:
     return rows
 
 
-def load_pair(choice: str | None, slm_upload: str | None, llm_upload: str | None) -> LoadedPair:
+def load_pair(choice: str | None, slm_upload: str | None, llm_upload: str | None,
+              signal: str = "verbalized") -> LoadedPair:
     if slm_upload or llm_upload:
         if not (slm_upload and llm_upload):
             raise gr.Error("upload both trace tables: the small model's and the large model's")
@@ -72,10 +75,11 @@ def load_pair(choice: str | None, slm_upload: str | None, llm_upload: str | None
         slm_rows, llm_rows = (read_trace(p) for p in pairs[choice])
         name = choice
     try:
-        pair = join_traces(slm_rows, llm_rows)
-    except TraceError as error:
+        pair = join_traces(with_signal(slm_rows, signal), llm_rows)
+    except (TraceError, ValueError) as error:
         raise gr.Error(str(error)) from None
-    return LoadedPair(name, pair, summarize(pair), slm_rows[0]["model"], llm_rows[0]["model"])
+    return LoadedPair(name, pair, summarize(pair), slm_rows[0]["model"], llm_rows[0]["model"],
+                      signal)
 
 
 def metrics_markdown(loaded: LoadedPair, point: dict) -> str:
@@ -169,8 +173,10 @@ def propose(loaded: LoadedPair, goal_label: str, value: float) -> tuple[float, s
 def export_config(loaded: LoadedPair, threshold: float) -> str:
     """A cascade config JSON that `python -m corea ask/serve --config` read."""
     tiers = []
-    for model, tier_threshold in ((loaded.slm_model, threshold), (loaded.llm_model, None)):
-        tiers.append(TierSpec(embedded.spec_for(model), tier_threshold, price=default_price(model)))
+    for model, tier_threshold, signal in ((loaded.slm_model, threshold, loaded.signal),
+                                          (loaded.llm_model, None, "verbalized")):
+        tiers.append(TierSpec(embedded.spec_for(model), tier_threshold, price=default_price(model),
+                              signal=signal))
     config = CascadeConfig(tuple(tiers))
     folder = Path(tempfile.mkdtemp(prefix="corea-config-"))
     path = folder / "cascade.json"
@@ -190,8 +196,13 @@ def build_tune_tab(demo: gr.Blocks) -> None:
         slm_upload = gr.File(label="…or upload the SLM trace (JSONL)", file_types=[".jsonl"])
         llm_upload = gr.File(label="…and the LLM trace (JSONL)", file_types=[".jsonl"])
         load_button = gr.Button("Load", variant="secondary")
-    threshold = gr.Slider(0, 1, value=0.8, step=0.01, label="Threshold", elem_id="tune-threshold",
-                          info="the SLM keeps its answer when its confidence ≥ threshold")
+    with gr.Row():
+        threshold = gr.Slider(0, 1, value=0.8, step=0.01, label="Threshold",
+                              elem_id="tune-threshold", scale=3,
+                              info="the SLM keeps its answer when its confidence ≥ threshold")
+        signal = gr.Radio(list(SIGNAL_CHOICES), value="stated confidence", scale=2,
+                          label="SLM confidence is",
+                          info="token signals need an SLM trace made with --logprobs")
     numbers = gr.Markdown(elem_id="tune-numbers")
     with gr.Accordion("Current point as JSON", open=False):
         point_json = gr.JSON(label="current point")
@@ -208,8 +219,8 @@ def build_tune_tab(demo: gr.Blocks) -> None:
             export_button = gr.Button("Export cascade config")
             exported = gr.File(label="cascade.json", interactive=False)
 
-    def on_load(choice, slm_file, llm_file, value):
-        loaded = load_pair(choice, slm_file, llm_file)
+    def on_load(choice, slm_file, llm_file, value, signal_label="stated confidence"):
+        loaded = load_pair(choice, slm_file, llm_file, signal_for_ui(signal_label))
         figure, text, point, deferral = threshold_view(loaded, value)
         return loaded, figure, text, point, deferral, reliability_figure(loaded.report)
 
@@ -229,9 +240,10 @@ def build_tune_tab(demo: gr.Blocks) -> None:
         return export_config(loaded, value)
 
     load_outputs = [state, pareto, numbers, point_json, deferral, reliability]
-    load_button.click(on_load, [choice, slm_upload, llm_upload, threshold], load_outputs,
-                      api_name="tune_load", concurrency_limit=4)
-    gr.on([choice.change, demo.load], on_load, [choice, slm_upload, llm_upload, threshold], load_outputs,
+    load_inputs = [choice, slm_upload, llm_upload, threshold, signal]
+    load_button.click(on_load, load_inputs, load_outputs, api_name="tune_load",
+                      concurrency_limit=4)
+    gr.on([choice.change, signal.change, demo.load], on_load, load_inputs, load_outputs,
           api_visibility="private", concurrency_limit=4)
     threshold.change(on_slide, [state, threshold], [pareto, numbers, point_json, deferral],
                      api_name="tune_threshold", concurrency_limit=8, show_progress="hidden",
