@@ -25,7 +25,7 @@ from corea import embedded
 from corea.costs import resolve_price
 from corea.metrics import TracePair, join_traces, summarize
 from corea.models import GenerationConfig, get_model, load_model
-from corea.signals import SIGNALS, with_signal
+from corea.signals import SIGNALS, TOKEN_SIGNALS, with_signal
 from corea.tasks import get_task
 from corea.thresholds import choose_threshold, guaranteed_threshold
 from corea.traces import read_trace, run_trace
@@ -214,9 +214,20 @@ def reading(name: str, reports: dict[str, dict]) -> str:
         best = max(real, key=real.get)
         sentences.append(f"Best real signal within 2 points: {best}, saving {real[best]:.1%} "
                          f"(oracle bound: {_pct(oracle)}).")
+        runtime = {label: signal for signal, label in SIGNAL_LABELS.items()
+                   if signal in TOKEN_SIGNALS}
+        if best in runtime:
+            sentences.append(f"A cascade defers on it with `--signal {runtime[best]}` "
+                             f"(or `\"signal\": \"{runtime[best]}\"` in its config).")
     else:
         sentences.append(f"No real signal saves anything within 2 points (oracle bound: "
                          f"{_pct(oracle)}); the honest choice is the LLM alone.")
+    ranking = {signal: r["auroc"] for signal, r in reports.items()
+               if not signal.startswith("oracle") and r["auroc"] is not None}
+    if ranking:
+        best = max(ranking, key=ranking.get)
+        sentences.append(f"The signal that best separates right from wrong SLM answers is {best} "
+                         f"(AUROC {ranking[best]:.3f}; 0.5 is chance).")
     return " ".join(sentences)
 
 
@@ -407,7 +418,8 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         f"`python -m corea sweep` from the trace tables in `{plan.traces}` (signals other than the "
         "stated confidence are columns of the SLM tables). None of these questions is used in "
         "training (test/dev splits only). Self-consistency samples: "
-        f"{plan.samples} at temperature {SAMPLING['temperature']}.", "",
+        f"{plan.samples} at temperature {SAMPLING['temperature']}, each paid for on every "
+        "question (the SLM runs k more times).", "",
         "## Headline: cost saved with accuracy within 2 points of LLM-only", "",
         "| data set | " + " | ".join(signals) + " |", "|---|" + "---|" * len(signals),
         *[f"| {name} | " + " | ".join(_pct(row.get(s)) for s in signals) + " |"

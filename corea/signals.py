@@ -88,7 +88,8 @@ def with_signal(rows: list[dict], signal: str, *, samples: list[list[dict]] = ()
     """`rows` with their confidence replaced by `signal`, so any sweep defers on it.
 
     A row the signal cannot score (no answer, no log-probabilities) gets 0: the cascade defers it,
-    as it does a reply without a stated confidence.
+    as it does a reply without a stated confidence. Under `vote_share` each row also pays for its
+    k sampled replies: self-consistency runs the SLM k more times on every question.
     """
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}")
@@ -108,6 +109,9 @@ def with_signal(rows: list[dict], signal: str, *, samples: list[list[dict]] = ()
                              "tables: trace every sample over the same questions")
         values = [vote_share(row["answer"], [sample[row["id"]]["answer"] for sample in by_id],
                              checker) for row in rows]
+        return [{**row, "confidence": float(value), "format_ok": True,
+                 "cost": row["cost"] + sum(sample[row["id"]]["cost"] for sample in by_id)}
+                for row, value in zip(rows, values)]
     elif signal == "oracle":
         values = [1.0 if row["correct"] else 0.0 for row in rows]
     else:

@@ -43,6 +43,9 @@ def test_each_signal_becomes_the_confidence_the_sweep_defers_on():
         "oracle (upper bound)": [1.0, 0.0, 0.0],
         "self-consistency (k=2)": [1.0, 0.5, 0.0],       # "4.0" agrees with "4" numerically
     }
+    # Self-consistency pays for its two sampled replies on every question; the others pay one.
+    assert pairs["self-consistency (k=2)"].slm_cost.tolist() == [3.0, 3.0, 3.0]
+    assert pairs["first-token margin"].slm_cost.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_signals_refuse_what_they_cannot_compute():
@@ -119,6 +122,8 @@ def test_reading_says_when_the_slm_is_too_weak_to_save_anything():
     strong = summarize(pair)
     text = reading("svamp", {"oracle (upper bound)": strong, "first-token margin": strong})
     assert "Best real signal within 2 points: first-token margin" in text
+    assert "`--signal first_token_margin`" in text  # the winner can be deployed as it is
+    assert "best separates right from wrong SLM answers is first-token margin (AUROC 1.000" in text
 
 
 def test_sweep_cli_defers_on_the_chosen_signal(tmp_path):
