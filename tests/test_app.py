@@ -196,8 +196,9 @@ def test_unloadable_model_and_unreachable_endpoint_are_messages(client, tiny_dir
                        "sk-test-secret-token", 0.5, "a number", api_name="/ask")
 
 
-def test_batch_runs_live(client, tiny_dirs):
-    job = client.submit("arith", 3, *tiny_dirs, "", "", 0.5, api_name="/run_batch")
+@pytest.mark.parametrize("signal", ["stated confidence", "first-token margin"])
+def test_batch_runs_live(client, tiny_dirs, signal):
+    job = client.submit("arith", 3, *tiny_dirs, "", "", 0.5, signal, api_name="/run_batch")
     job.result(timeout=300)
     outputs = job.outputs()
     table, _, summary = outputs[-1]

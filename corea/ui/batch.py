@@ -9,7 +9,8 @@ from corea.cascade import Cascade, Tier
 from corea.costs import resolve_price
 from corea.models import GenerationConfig, ModelError
 from corea.tasks import BUILTIN_TASKS, get_task
-from corea.ui.common import gpu, llm_choices, load_for_ui, slm_choices
+from corea.ui.common import (SIGNAL_CHOICES, gpu, llm_choices, load_for_ui, signal_for_ui,
+                             slm_choices)
 
 HEADERS = ["id", "gold", "answer", "SLM confidence", "answered by", "correct", "cost (USD)"]
 MAX_QUESTIONS = 50
@@ -30,7 +31,7 @@ def running_figure(correct: list[bool], deferred: list[bool], costs: list[float]
 
 @gpu
 def run_batch(task_name, count, slm, llm, endpoint_model, token, threshold,
-              progress=gr.Progress()):
+              signal_label="stated confidence", progress=gr.Progress()):
     if task_name not in BUILTIN_TASKS:
         raise gr.Error(f"unknown task {task_name!r}")
     count = int(count)
@@ -38,8 +39,10 @@ def run_batch(task_name, count, slm, llm, endpoint_model, token, threshold,
         raise gr.Error(f"choose between 1 and {MAX_QUESTIONS} questions")
     task = get_task(task_name)
     examples = task.examples(limit=count)
-    slm_model, llm_model = load_for_ui(slm), load_for_ui(llm, endpoint_model, token)
-    cascade = Cascade([Tier(slm_model, float(threshold), resolve_price(slm_model.name)),
+    signal = signal_for_ui(signal_label)
+    slm_model = load_for_ui(slm, signal=signal)
+    llm_model = load_for_ui(llm, endpoint_model, token)
+    cascade = Cascade([Tier(slm_model, float(threshold), resolve_price(slm_model.name), signal),
                        Tier(llm_model, None, resolve_price(llm_model.name))],
                       GenerationConfig(max_new_tokens=320))
     rows, correct, deferred, costs = [], [], [], []
@@ -69,6 +72,8 @@ def build_batch_tab() -> None:
         task = gr.Dropdown(list(BUILTIN_TASKS), value="arith", label="Task")
         count = gr.Slider(1, MAX_QUESTIONS, value=10, step=1, label="Questions")
         threshold = gr.Slider(0, 1, value=0.8, step=0.01, label="Threshold")
+        signal = gr.Radio(list(SIGNAL_CHOICES), value="stated confidence",
+                          label="SLM confidence is")
     with gr.Row():
         slm = gr.Dropdown(slm_choices(), value=slm_choices()[0], allow_custom_value=True,
                           label="Small model (SLM)")
@@ -80,6 +85,6 @@ def build_batch_tab() -> None:
     summary = gr.Markdown()
     plot = gr.Plot(label="Running accuracy and deferrals")
     table = gr.Dataframe(headers=HEADERS, label="Questions", interactive=False)
-    button.click(run_batch, [task, count, slm, llm, endpoint_model, token, threshold],
+    button.click(run_batch, [task, count, slm, llm, endpoint_model, token, threshold, signal],
                  [table, plot, summary], api_name="run_batch", concurrency_limit=1,
                  concurrency_id="models")
