@@ -384,7 +384,9 @@ def speed_section(plan: BenchPlan) -> list[str]:
     model_s = sum(result.latency_s for result in via)
     base = rows[0][1]
     lines = ["## Speed on this machine", "",
-             f"{len(conversations)} generated arithmetic questions, 48 new tokens at most, greedy.", "",
+             f"{len(conversations)} generated arithmetic questions, 48 new tokens at most, greedy. "
+             "The llama.cpp backend answers one question at a time (one KV cache per loaded "
+             "model), so only transformers has a batched row.", "",
              "| model · backend · mode | tokens/s | questions/min | vs SmolLM2 llama.cpp |",
              "|---|---|---|---|"]
     lines += [f"| {label} | {tps:.1f} | {qpm:.1f} | {tps / base:.2f}× |" for label, tps, qpm in rows]
