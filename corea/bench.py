@@ -228,6 +228,10 @@ def reading(name: str, reports: dict[str, dict]) -> str:
         best = max(ranking, key=ranking.get)
         sentences.append(f"The signal that best separates right from wrong SLM answers is {best} "
                          f"(AUROC {ranking[best]:.3f}; 0.5 is chance).")
+        losers = [f"{signal} ({auroc:.3f})" for signal, auroc in ranking.items() if auroc < 0.5]
+        if losers:
+            sentences.append("Worse than chance at it (AUROC below 0.5): " + ", ".join(losers)
+                             + "; deferring on such a signal sends the right answers away first.")
     return " ".join(sentences)
 
 

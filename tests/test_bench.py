@@ -124,6 +124,9 @@ def test_reading_says_when_the_slm_is_too_weak_to_save_anything():
     assert "Best real signal within 2 points: first-token margin" in text
     assert "`--signal first_token_margin`" in text  # the winner can be deployed as it is
     assert "best separates right from wrong SLM answers is first-token margin (AUROC 1.000" in text
+    backwards = summarize(pair_of([0.1, 0.9, 0.2, 0.8], [True, False, True, False], [True] * 4))
+    text = reading("svamp", {"oracle (upper bound)": strong, "verbalized (untrained)": backwards})
+    assert "Worse than chance at it (AUROC below 0.5): verbalized (untrained) (0.000)" in text
 
 
 def test_sweep_cli_defers_on_the_chosen_signal(tmp_path):
