@@ -51,7 +51,8 @@ def stop(process: subprocess.Popen) -> None:
 def tiny_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     slm, llm = build_tiny_model(folder / "slm"), build_tiny_model(folder / "llm", seed=1)
-    config = {"tiers": [{"model": str(slm), "threshold": 0.5,
+    # Tier 1 defers on a token signal, so the server must load it with log-probabilities.
+    config = {"tiers": [{"model": str(slm), "threshold": 0.5, "signal": "first_token_margin",
                          "price": {"input": 1.0, "output": 2.0}},
                         {"model": str(llm), "price": {"input": 10.0, "output": 20.0}}],
               "generation": {"max_new_tokens": 8}}
@@ -79,8 +80,10 @@ def test_openai_client_non_streaming(tiny_server):
     assert response.object == "chat.completion"
     assert isinstance(response.choices[0].message.content, str)
     corea = response.model_extra["corea"]
-    # the tiny SLM cannot state a confidence, so it defers; the LLM answers and both are paid
+    # the tiny SLM writes no answer line to score, so it defers; the LLM answers and both are paid
     assert [t["decision"] for t in corea["tiers"]] == ["deferred", "final"]
+    assert [t["signal"] for t in corea["tiers"]] == ["first_token_margin", "verbalized"]
+    assert corea["tiers"][0]["confidence"] is None
     assert corea["tier"] == 2 and corea["fallback"] is False
     assert response.usage.completion_tokens == 16  # 8 per tier
     assert response.usage.total_tokens == response.usage.prompt_tokens + 16
