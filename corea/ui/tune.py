@@ -112,7 +112,7 @@ def threshold_view(loaded: LoadedPair, threshold: float) -> tuple[go.Figure, str
     return loaded.pareto, metrics_markdown(loaded, point), point, loaded.deferral
 
 
-def reliability_figure(report: dict) -> go.Figure:
+def reliability_figure(report: dict, signal_label: str = "stated confidence") -> go.Figure:
     bins = [b for b in report["reliability"] if b["count"]]
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
@@ -127,7 +127,7 @@ def reliability_figure(report: dict) -> go.Figure:
     figure.update_layout(
         title=f"SLM reliability · ECE {report['ece']:.3f} · AUROC "
               f"{'—' if auroc is None else f'{auroc:.3f}'} · Brier {report['brier']:.3f}",
-        xaxis_title="stated confidence", yaxis_title="accuracy", template="plotly_white",
+        xaxis_title=signal_label, yaxis_title="accuracy", template="plotly_white",
         xaxis_range=[0, 1], yaxis_range=[0, 1], legend={"orientation": "h", "y": -0.2})
     return figure
 
@@ -222,7 +222,8 @@ def build_tune_tab(demo: gr.Blocks) -> None:
     def on_load(choice, slm_file, llm_file, value, signal_label="stated confidence"):
         loaded = load_pair(choice, slm_file, llm_file, signal_for_ui(signal_label))
         figure, text, point, deferral = threshold_view(loaded, value)
-        return loaded, figure, text, point, deferral, reliability_figure(loaded.report)
+        return (loaded, figure, text, point, deferral,
+                reliability_figure(loaded.report, signal_label))
 
     def on_slide(loaded, value):
         if loaded is None:
