@@ -102,7 +102,9 @@ def cmd_ask(args) -> int:
         if len(thresholds) != len(models) - 1:
             raise UsageError(f"{len(models)} tiers need {len(models) - 1} --threshold value(s), "
                              f"got {len(thresholds)}")
-        tiers = [TierSpec(m, t, backend=args.backend, signal=args.signal)
+        # The last tier's answer is final whatever its confidence: no log-probabilities for it.
+        tiers = [TierSpec(m, t, backend=args.backend,
+                          signal=args.signal if t is not None else "verbalized")
                  for m, t in zip(models, thresholds + [None])]
         try:
             config = CascadeConfig(tuple(tiers), _generation(args))
