@@ -136,3 +136,23 @@ def test_ask_through_the_embedded_cascade():
     else:
         assert steps[0]["confidence"] == 1.0
     assert report["answer"] == steps[-1]["answer"]
+
+
+def test_ask_defers_on_a_token_signal_from_the_command_line():
+    def first_step(question):
+        result = subprocess.run(
+            [sys.executable, "-m", "corea", "ask", question, "--checker", "numeric",
+             "--model", "smollm2", "--model", "smollm2", "--threshold", "0.5",
+             "--signal", "answer_probability", "--max-new-tokens", "160", "--json"],
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["steps"][0]
+
+    # Greedy replies are fixed: SmolLM2 answers this one (8), with its answer token ~0.8 likely.
+    answered = first_step("Sara has 5 pens and buys 3 more. How many pens does she have?")
+    assert answered["signal"] == "answer_probability" and answered["answer"] == "8"
+    assert 0.5 <= answered["confidence"] <= 1 and answered["decision"] == "kept"
+    # and writes no "Answer:" line for this one: nothing to score, so it is deferred.
+    unanswered = first_step("What is 7 + 5?")
+    assert unanswered["answer"] is None and unanswered["confidence"] is None
+    assert unanswered["decision"] == "deferred"
