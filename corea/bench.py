@@ -302,6 +302,18 @@ def dataset_section(name: str, entry: dict, pairs: dict[str, TracePair],
     return lines, reports
 
 
+def auroc_table(aurocs: dict[str, dict]) -> list[str]:
+    """Which signal ranks the SLM's right answers above its wrong ones, set by set: what a
+    threshold can exploit, whether or not any saving is reachable yet."""
+    signals = list(dict.fromkeys(signal for row in aurocs.values() for signal in row))
+    return ["## Which signal tells the SLM's right answers from its wrong ones", "",
+            "AUROC of each signal against the SLM's correctness (0.5 is chance, 1 is the oracle; "
+            "— where the SLM is never or always right).", "",
+            "| data set | " + " | ".join(signals) + " |", "|---|" + "---|" * len(signals),
+            *[f"| {name} | " + " | ".join(_num(row.get(s)) for s in signals) + " |"
+              for name, row in aurocs.items()], ""]
+
+
 def protection_table(tables: dict, pairs_by_dataset: dict) -> list[str]:
     lines = [f"## What calibration protects (threshold {FIXED_THRESHOLD})", "",
              "Accuracy lost against LLM-only when the SLM's stated confidence is trusted at a fixed "
@@ -416,7 +428,7 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
     plan.out.parent.mkdir(parents=True, exist_ok=True)
     plots = plan.out.parent / "plots"
     plots.mkdir(exist_ok=True)
-    pairs_by_dataset, sections, savings, accuracies = {}, [], {}, {}
+    pairs_by_dataset, sections, savings, accuracies, aurocs = {}, [], {}, {}, {}
     for name, _ in DATASETS:
         pairs = signal_pairs(tables[name], get_task(name).checker)
         pairs_by_dataset[name] = pairs
@@ -428,6 +440,8 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
                          for signal, r in reports.items()}
         savings[name]["random deferral (expected)"] = random_deferral_saving(
             pairs["oracle (upper bound)"])
+        aurocs[name] = {signal: r["auroc"] for signal, r in reports.items()
+                        if not signal.startswith("oracle")}
         accuracies[name] = (reports["oracle (upper bound)"]["slm_only"]["accuracy"],
                             reports["oracle (upper bound)"]["llm_only"]["accuracy"])
     signals = list(dict.fromkeys(signal for row in savings.values() for signal in row))
@@ -451,6 +465,7 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
           + " | ".join(_pct(row.get(s)) for s in signals) + " |" for name, row in savings.items()],
         "", "— : no threshold keeps accuracy within 2 points of LLM-only (use the LLM alone). The "
             "oracle is an upper bound (it knows which answers are right), not a usable signal.", "",
+        *auroc_table(aurocs),
         "For scale: COREA (arXiv 2603.03752) reports 21.5% saved on out-of-domain math and 16.8% "
         "on non-math within 2 points, with an RL-calibrated 7B SLM in front of a 32B LLM. The pair "
         f"here is the embedded {embedded.DEFAULT_SLM} in front of {embedded.DEFAULT_LLM}, on CPU; "

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from corea.bench import (apgr, calibration_test_split, holdout_check, holdout_table, reading,
+from corea.bench import (apgr, auroc_table, calibration_test_split, holdout_check, holdout_table,
+                         reading,
                          random_deferral_saving, signal_pairs)
 from corea.metrics import TracePair, join_traces, summarize
 from corea.signals import with_signal
@@ -146,3 +147,10 @@ def test_sweep_cli_defers_on_the_chosen_signal(tmp_path):
     assert sorted(p["threshold"] for p in votes["points"])[:3] == [0.0, 0.5, 1.0]
     refused = sweep("--signal", "vote_share")
     assert refused.returncode != 0 and "sampled trace tables" in refused.stderr
+
+
+def test_auroc_table_has_a_row_per_set_and_a_column_per_signal():
+    lines = auroc_table({"gsm8k": {"verbalized (untrained)": 0.519, "first-token margin": None},
+                         "svamp": {"verbalized (untrained)": 0.5574}})
+    assert "| data set | verbalized (untrained) | first-token margin |" in lines
+    assert "| gsm8k | 0.519 | — |" in lines and "| svamp | 0.557 | — |" in lines
