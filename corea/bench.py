@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from corea import embedded
 from corea.costs import resolve_price
 from corea.metrics import TracePair, join_traces, summarize
+from corea.metrics import auroc as metrics_auroc
 from corea.models import GenerationConfig, get_model, load_model
 from corea.signals import SIGNALS, TOKEN_SIGNALS, with_signal
 from corea.tasks import get_task
@@ -302,15 +303,29 @@ def dataset_section(name: str, entry: dict, pairs: dict[str, TracePair],
     return lines, reports
 
 
-def auroc_table(aurocs: dict[str, dict]) -> list[str]:
+def answered_auroc(pair: TracePair, answered: set[str]) -> float | None:
+    """AUROC over the replies that gave an answer: how well a signal ranks answers, apart from
+    noticing that a reply gave none (every signal scores those 0, and they are all wrong)."""
+    mask = np.isin(pair.ids, list(answered))
+    return metrics_auroc(pair.confidence[mask], pair.slm_correct[mask]) if mask.any() else None
+
+
+def auroc_table(aurocs: dict[str, dict[str, tuple]]) -> list[str]:
     """Which signal ranks the SLM's right answers above its wrong ones, set by set: what a
     threshold can exploit, whether or not any saving is reachable yet."""
     signals = list(dict.fromkeys(signal for row in aurocs.values() for signal in row))
+
+    def cell(values):
+        return " · ".join(_num(v) for v in values) if values else "—"
+
     return ["## Which signal tells the SLM's right answers from its wrong ones", "",
-            "AUROC of each signal against the SLM's correctness (0.5 is chance, 1 is the oracle; "
-            "— where the SLM is never or always right).", "",
+            "AUROC of each signal against the SLM's correctness, on all questions · on those the "
+            "SLM gave an answer to (0.5 is chance, 1 is the oracle; — where the SLM is never or "
+            "always right). A reply without an answer is wrong and scores 0 on every signal, so "
+            "the first number also rewards noticing missing answers; the second is the ranking "
+            "of answers proper.", "",
             "| data set | " + " | ".join(signals) + " |", "|---|" + "---|" * len(signals),
-            *[f"| {name} | " + " | ".join(_num(row.get(s)) for s in signals) + " |"
+            *[f"| {name} | " + " | ".join(cell(row.get(s)) for s in signals) + " |"
               for name, row in aurocs.items()], ""]
 
 
@@ -440,8 +455,9 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
                          for signal, r in reports.items()}
         savings[name]["random deferral (expected)"] = random_deferral_saving(
             pairs["oracle (upper bound)"])
-        aurocs[name] = {signal: r["auroc"] for signal, r in reports.items()
-                        if not signal.startswith("oracle")}
+        answered = {row["id"] for row in tables[name]["slm"] if row["answer"] is not None}
+        aurocs[name] = {signal: (r["auroc"], answered_auroc(pairs[signal], answered))
+                        for signal, r in reports.items() if not signal.startswith("oracle")}
         accuracies[name] = (reports["oracle (upper bound)"]["slm_only"]["accuracy"],
                             reports["oracle (upper bound)"]["llm_only"]["accuracy"])
     signals = list(dict.fromkeys(signal for row in savings.values() for signal in row))

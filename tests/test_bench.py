@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from corea.bench import (apgr, auroc_table, calibration_test_split, holdout_check, holdout_table,
+from corea.bench import (answered_auroc, apgr, auroc_table, calibration_test_split, holdout_check, holdout_table,
                          reading,
                          random_deferral_saving, signal_pairs)
 from corea.metrics import TracePair, join_traces, summarize
@@ -150,7 +150,21 @@ def test_sweep_cli_defers_on_the_chosen_signal(tmp_path):
 
 
 def test_auroc_table_has_a_row_per_set_and_a_column_per_signal():
-    lines = auroc_table({"gsm8k": {"verbalized (untrained)": 0.519, "first-token margin": None},
-                         "svamp": {"verbalized (untrained)": 0.5574}})
+    lines = auroc_table({"gsm8k": {"verbalized (untrained)": (0.519, 0.38),
+                                   "first-token margin": (None, None)},
+                         "svamp": {"verbalized (untrained)": (0.5574, 0.5)}})
     assert "| data set | verbalized (untrained) | first-token margin |" in lines
-    assert "| gsm8k | 0.519 | — |" in lines and "| svamp | 0.557 | — |" in lines
+    assert "| gsm8k | 0.519 · 0.380 | — · — |" in lines and "| svamp | 0.557 · 0.500 | — |" in lines
+
+
+def test_answered_auroc_leaves_out_replies_without_an_answer():
+    # a: right, 0.9; b: wrong, 0.7; c: no answer (wrong, 0). Over all three the ranking is
+    # perfect; over the two answers too. Swap a's and b's confidences and it is 0 on answers,
+    # yet still 0.5 over all, where c sits below both.
+    pair = join_traces(with_signal(SLM, "verbalized"), LLM)
+    assert answered_auroc(pair, {"a", "b"}) == 1.0
+    swapped = join_traces([{**SLM[0], "confidence": 0.7}, {**SLM[1], "confidence": 0.9}, SLM[2]],
+                          LLM)
+    assert answered_auroc(swapped, {"a", "b"}) == 0.0
+    assert summarize(swapped)["auroc"] == 0.5
+    assert answered_auroc(pair, set()) is None
