@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from corea import embedded
 from corea.checking import is_correct
-from corea.costs import Price, resolve_price
+from corea.costs import Price, default_price, resolve_price
 from corea.models import Generation, GenerationConfig, Model, get_model
 from corea.protocol import ParsedReply, build_messages, parse_reply
 from corea.signals import TOKEN_SIGNALS, check_runtime_signal, generation_confidence
@@ -104,6 +105,17 @@ class CascadeConfig:
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot read cascade config {path}: {error}") from error
         return cls.from_dict(data)
+
+
+def tuned_config(slm_model: str, llm_model: str, threshold: float,
+                 signal: str = "verbalized") -> CascadeConfig:
+    """The two-tier cascade a threshold tuned on trace tables describes: the models the tables
+    name (a shipped adapter by its own name), their compute-based prices, the signal tuned on."""
+    return CascadeConfig((
+        TierSpec(embedded.spec_for(slm_model), threshold, price=default_price(slm_model),
+                 signal=signal),
+        TierSpec(embedded.spec_for(llm_model), price=default_price(llm_model)),
+    ))
 
 
 @dataclass

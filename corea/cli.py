@@ -4,6 +4,8 @@
     python -m corea trace --model smollm2 --task gsm8k --limit 100 --out traces/slm-gsm8k.jsonl
     python -m corea trace --model qwen    --task gsm8k --limit 100 --out traces/llm-gsm8k.jsonl
     python -m corea sweep --slm traces/slm-gsm8k.jsonl --llm traces/llm-gsm8k.jsonl --plot pareto.html
+    python -m corea tune  --slm traces/slm-gsm8k.jsonl --llm traces/llm-gsm8k.jsonl --max-drop 0.02 \
+        --guarantee 0.9 --export cascade.json
 """
 
 from __future__ import annotations
@@ -197,23 +199,37 @@ def cmd_trace(args) -> int:
 
 # -------------------------------------------------------------------------------------------- sweep
 
-def cmd_sweep(args) -> int:
-    from corea.metrics import join_traces, summarize
+def _signal_pair(args):
+    """The trace pair of --slm and --llm, the SLM deferring on --signal; and the models the two
+    tables are of."""
+    from corea.metrics import join_traces
     from corea.signals import with_signal
     from corea.tasks import builtin_checker
     from corea.traces import read_trace
 
     slm_rows = read_trace(args.slm)
-    samples = [read_trace(path) for path in args.samples]
-    checker = args.checker or builtin_checker(slm_rows[0]["task"])
+    if not slm_rows:
+        raise UsageError(f"{args.slm} has no rows")
+    samples = [read_trace(path) for path in getattr(args, "samples", [])]
+    checker = getattr(args, "checker", None) or builtin_checker(slm_rows[0]["task"])
     if args.signal == "vote_share" and checker is None:
-        raise SystemExit(f"error: task {slm_rows[0]['task']!r} is not built in: say how answers "
-                         f"are compared with --checker ({', '.join(CHECKERS)})")
-    try:
-        slm_rows = with_signal(slm_rows, args.signal, samples=samples, checker=checker or "exact")
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
-    pair = join_traces(slm_rows, read_trace(args.llm))
+        raise UsageError(f"task {slm_rows[0]['task']!r} is not built in: say how answers are "
+                         f"compared with --checker ({', '.join(CHECKERS)})")
+    llm_rows = read_trace(args.llm)
+    if not llm_rows:
+        raise UsageError(f"{args.llm} has no rows")
+    pair = join_traces(with_signal(slm_rows, args.signal, samples=samples,
+                                   checker=checker or "exact"), llm_rows)
+    if pair.dropped_slm or pair.dropped_llm:
+        print(f"note: {pair.dropped_slm} SLM and {pair.dropped_llm} LLM rows have no partner "
+              "in the other table and were left out", file=sys.stderr)
+    return pair, (slm_rows[0]["model"], llm_rows[0]["model"])
+
+
+def cmd_sweep(args) -> int:
+    from corea.metrics import summarize
+
+    pair, _ = _signal_pair(args)
     report = summarize(pair, max_drop=args.max_drop)
     if args.plot:
         from corea.plots import pareto_figure
@@ -221,15 +237,58 @@ def cmd_sweep(args) -> int:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         pareto_figure(report, title=f"{args.slm.name} → {args.llm.name}").write_html(
             str(args.plot), include_plotlyjs=True)
-    if pair.dropped_slm or pair.dropped_llm:
-        print(f"note: {pair.dropped_slm} SLM and {pair.dropped_llm} LLM rows have no partner "
-              "in the other table and were left out", file=sys.stderr)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "reliability"}))
         return 0
     print(_sweep_table(report))
     if args.plot:
         print(f"plot: {args.plot}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from corea.cascade import tuned_config
+    from corea.metrics import evaluate_threshold
+    from corea.thresholds import choose_threshold, guaranteed_threshold
+
+    goal, value = next((g, getattr(args, g)) for g in ("max_drop", "budget", "llm_share")
+                       if getattr(args, g) is not None)
+    if args.guarantee is not None and goal != "max_drop":
+        raise UsageError("--guarantee certifies an accuracy loss: use it with --max-drop")
+    pair, models = _signal_pair(args)
+    if args.guarantee is not None:
+        if not 0 < args.guarantee < 1:
+            raise UsageError("--guarantee is a confidence level between 0 and 1, such as 0.9")
+        point = guaranteed_threshold(pair, value, delta=1 - args.guarantee)
+    else:
+        point = choose_threshold(pair, goal, value)
+    wanted = f"--{goal.replace('_', '-')} {value:g}" + (
+        f" with {args.guarantee:.0%} confidence" if args.guarantee is not None else "")
+    if point is None:
+        print(f"no threshold meets {wanted} on these {len(pair)} questions"
+              + ("; more calibration questions can make a certificate possible"
+                 if args.guarantee is not None else ""), file=sys.stderr)
+        return 1
+    threshold = min(point["threshold"], 1.0)  # above every confidence: defer everything
+    point = evaluate_threshold(pair, point["threshold"])
+    llm_accuracy = float(pair.llm_correct.mean())
+    result = {"goal": goal, "value": value, "guarantee": args.guarantee, "signal": args.signal,
+              "threshold": threshold, "questions": len(pair), **point,
+              "accuracy_lost": llm_accuracy - point["accuracy"], "saving": 1 - point["relative_cost"]}
+    if args.export:
+        tuned_config(*models, threshold, args.signal).save(args.export)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"threshold {threshold:.3f} on {args.signal} for {wanted} ({len(pair)} questions): "
+          f"accuracy {point['accuracy']:.1%} ({result['accuracy_lost'] * 100:+.1f} pts against "
+          f"the LLM alone), saving {result['saving']:.1%}, {point['llm_share']:.1%} sent to the "
+          f"LLM, ${point['cost'] * 1000:.4f} per 1,000 questions")
+    if result["saving"] < 0:
+        print("note: at this threshold the cascade costs more than the LLM alone (every question "
+              "also pays for the SLM's reply): calling the LLM alone is cheaper")
+    if args.export:
+        print(f"cascade config: {args.export} (python -m corea ask|serve --config {args.export})")
     return 0
 
 
@@ -410,6 +469,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how sampled answers are compared for vote_share (default: the "
                             "built-in task's checker)")
     sweep.set_defaults(handler=cmd_sweep)
+
+    tune = commands.add_parser(
+        "tune", help="choose the threshold for a goal from two trace tables, and export it",
+        description="Choose the SLM's threshold for one goal from an SLM and an LLM trace table "
+                    "(as the app's Tune tab does), optionally with a statistical guarantee, and "
+                    "export the cascade config that ask and serve read. Exit code 1 when no "
+                    "threshold meets the goal.")
+    tune.add_argument("--slm", type=Path, required=True, help="the small model's trace table")
+    tune.add_argument("--llm", type=Path, required=True, help="the large model's trace table")
+    goals = tune.add_mutually_exclusive_group(required=True)
+    goals.add_argument("--max-drop", type=float, metavar="F",
+                       help="lose at most this accuracy against the LLM alone (0.02 = 2 points); "
+                            "the cheapest threshold that does")
+    goals.add_argument("--budget", type=float, metavar="USD",
+                       help="spend at most this many dollars per 1,000 questions; the most "
+                            "accurate threshold that does")
+    goals.add_argument("--llm-share", type=float, metavar="F",
+                       help="send at most this share of questions to the LLM (0.3 = 30%%); the "
+                            "most accurate threshold that does")
+    tune.add_argument("--guarantee", type=float, metavar="CONF",
+                      help="with --max-drop: certify the loss on new questions at this "
+                           "confidence (Learn-then-Test), e.g. 0.9, instead of the best on these")
+    tune.add_argument("--signal", choices=RUNTIME_SIGNALS, default="verbalized",
+                      help="what the SLM defers on (a token signal needs an SLM table traced "
+                           "with --logprobs)")
+    tune.add_argument("--export", type=Path, metavar="JSON", help="write the cascade config here")
+    tune.add_argument("--json", action="store_true", help="print one JSON object")
+    tune.set_defaults(handler=cmd_tune)
 
     serve_parser = commands.add_parser(
         "serve", help="serve the cascade as an OpenAI-compatible chat API",

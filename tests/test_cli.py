@@ -113,3 +113,40 @@ def test_tasks_listing():
     result = corea("tasks")
     assert result.returncode == 0
     assert all(name in result.stdout for name in ("gsm8k", "svamp", "strategyqa", "arith-3"))
+
+
+def test_tune_chooses_the_threshold_the_library_does_and_exports_it(traces, tmp_path):
+    from corea.cascade import CascadeConfig
+    from corea.metrics import join_traces
+    from corea.thresholds import choose_threshold
+    from corea.traces import read_trace
+
+    slm, llm = traces
+    pair = join_traces(read_trace(slm), read_trace(llm))
+    config_path = tmp_path / "cascade.json"
+    result = corea("tune", "--slm", str(slm), "--llm", str(llm), "--max-drop", "0.02",
+                   "--export", str(config_path), "--json")
+    assert result.returncode == 0, result.stderr
+    chosen = json.loads(result.stdout)
+    assert chosen["threshold"] == choose_threshold(pair, "max_drop", 0.02)["threshold"] == 0.6
+    assert chosen["saving"] == pytest.approx(0.65) and chosen["accuracy_lost"] == pytest.approx(0)
+    config = CascadeConfig.load(config_path)
+    assert [(t.model, t.threshold, t.signal) for t in config.tiers] == [
+        ("slm", 0.6, "verbalized"), ("llm", None, "verbalized")]
+    shared = corea("tune", "--slm", str(slm), "--llm", str(llm), "--llm-share", "0.25")
+    assert shared.returncode == 0 and "threshold 0.600" in shared.stdout
+
+
+def test_tune_says_when_no_threshold_meets_the_goal(traces):
+    slm, llm = traces
+    # Four questions cannot certify a 2% loss at 90% confidence.
+    refused = corea("tune", "--slm", str(slm), "--llm", str(llm), "--max-drop", "0.02",
+                    "--guarantee", "0.9")
+    assert refused.returncode == 1 and "no threshold meets --max-drop 0.02 with 90% confidence" \
+        in refused.stderr
+    assert "use it with --max-drop" in one_line_error(
+        corea("tune", "--slm", str(slm), "--llm", str(llm), "--budget", "1", "--guarantee", "0.9"))
+    assert "no answer_probability column" in one_line_error(
+        corea("tune", "--slm", str(slm), "--llm", str(llm), "--max-drop", "0.02",
+              "--signal", "answer_probability"))
+    assert "one of the arguments" in corea("tune", "--slm", str(slm), "--llm", str(llm)).stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +9,7 @@ from pathlib import Path
 import gradio as gr
 import plotly.graph_objects as go
 
-from corea import embedded
-from corea.cascade import CascadeConfig, TierSpec
-from corea.costs import default_price
+from corea.cascade import tuned_config
 from corea.metrics import TracePair, evaluate_threshold, join_traces, summarize
 from corea.plots import move_marker, pareto_figure, thin
 from corea.thresholds import choose_threshold, random_and_oracle_curves
@@ -172,15 +169,10 @@ def propose(loaded: LoadedPair, goal_label: str, value: float) -> tuple[float, s
 
 def export_config(loaded: LoadedPair, threshold: float) -> str:
     """A cascade config JSON that `python -m corea ask/serve --config` read."""
-    tiers = []
-    for model, tier_threshold, signal in ((loaded.slm_model, threshold, loaded.signal),
-                                          (loaded.llm_model, None, "verbalized")):
-        tiers.append(TierSpec(embedded.spec_for(model), tier_threshold, price=default_price(model),
-                              signal=signal))
-    config = CascadeConfig(tuple(tiers))
+    config = tuned_config(loaded.slm_model, loaded.llm_model, threshold, loaded.signal)
     folder = Path(tempfile.mkdtemp(prefix="corea-config-"))
     path = folder / "cascade.json"
-    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    config.save(path)
     return str(path)
 
 
