@@ -9,7 +9,6 @@ what calibration protects at a fixed threshold; and the speed of each backend on
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import subprocess
@@ -28,7 +27,7 @@ from corea.metrics import auroc as metrics_auroc
 from corea.models import GenerationConfig, get_model, load_model
 from corea.signals import SIGNALS, TOKEN_SIGNALS, with_signal
 from corea.tasks import get_task
-from corea.thresholds import choose_threshold, guaranteed_threshold
+from corea.thresholds import choose_threshold, guaranteed_threshold, min_calibration_questions
 from corea.traces import read_trace, run_trace
 
 DATASETS = (("gsm8k", "test"), ("svamp", "test"), ("strategyqa", "dev"), ("arith-1", "test"),
@@ -175,7 +174,7 @@ def holdout_table(pairs: dict[str, TracePair]) -> list[str]:
     calibration, test = calibration_test_split(next(iter(pairs.values())))
     if not len(test):
         return ["Too few questions to choose a threshold on some and check it on others.", ""]
-    needed = math.ceil(math.log(GUARANTEE["delta"]) / math.log(1 - GUARANTEE["max_drop"]))
+    needed = min_calibration_questions(GUARANTEE["max_drop"], GUARANTEE["delta"])
     lines = [f"Threshold for “lose at most 2 points” chosen on {len(calibration)} calibration "
              f"questions (two of every three), then applied to the other {len(test)} (loss and "
              "saving measured there). The guaranteed threshold is certified to lose at most 2% of "

@@ -249,7 +249,8 @@ def cmd_sweep(args) -> int:
 def cmd_tune(args) -> int:
     from corea.cascade import tuned_config
     from corea.metrics import evaluate_threshold
-    from corea.thresholds import choose_threshold, guaranteed_threshold
+    from corea.thresholds import (choose_threshold, guaranteed_threshold,
+                                  min_calibration_questions)
 
     goal, value = next((g, getattr(args, g)) for g in ("max_drop", "budget", "llm_share")
                        if getattr(args, g) is not None)
@@ -265,9 +266,12 @@ def cmd_tune(args) -> int:
     wanted = f"--{goal.replace('_', '-')} {value:g}" + (
         f" with {args.guarantee:.0%} confidence" if args.guarantee is not None else "")
     if point is None:
-        print(f"no threshold meets {wanted} on these {len(pair)} questions"
-              + ("; more calibration questions can make a certificate possible"
-                 if args.guarantee is not None else ""), file=sys.stderr)
+        needed = "" if args.guarantee is None else (
+            f"; a certificate needs at least "
+            f"{min_calibration_questions(value, 1 - args.guarantee)} questions even when "
+            "nothing is lost")
+        print(f"no threshold meets {wanted} on these {len(pair)} questions{needed}",
+              file=sys.stderr)
         return 1
     threshold = min(point["threshold"], 1.0)  # above every confidence: defer everything
     point = evaluate_threshold(pair, point["threshold"])

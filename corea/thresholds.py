@@ -62,6 +62,12 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     return min(1.0, math.exp(peak) * sum(math.exp(t - peak) for t in log_terms))
 
 
+def min_calibration_questions(max_drop: float, delta: float) -> int:
+    """The fewest calibration questions from which any threshold can be certified: even with
+    nothing lost, (1 - max_drop)^n must fall to delta."""
+    return math.ceil(math.log(delta) / math.log(1 - max_drop))
+
+
 def guaranteed_threshold(pair: TracePair, max_drop: float, delta: float = 0.1) -> dict | None:
     """The lowest threshold whose loss rate is certified <= max_drop at level 1 - delta.
 

@@ -113,6 +113,13 @@ def test_goals_propose_the_same_threshold_as_the_library(client, uploaded):
     assert "0.600" in text
     value, _ = client.predict("Lose at most X points of accuracy", 25, api_name="/tune_propose")
     assert value == choose_threshold(pair, "max_drop", 0.25)["threshold"]
+    # Four questions can certify nothing; the message says how many would be needed.
+    value, text = client.predict("Lose at most X points of accuracy", 2, True,
+                                 api_name="/tune_propose")
+    assert "certified at 90% confidence" in text and "at least 114 questions" in text
+    with pytest.raises(Exception, match="choose the first goal"):
+        client.predict("Send at most Z% of questions to the LLM", 25, True,
+                       api_name="/tune_propose")
     path = client.predict(0.6, api_name="/tune_export")
     config = CascadeConfig.load(path)
     assert [t.model for t in config.tiers] == ["smollm2-135m", "qwen2.5-coder-1.5b"]

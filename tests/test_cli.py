@@ -143,7 +143,7 @@ def test_tune_says_when_no_threshold_meets_the_goal(traces):
     refused = corea("tune", "--slm", str(slm), "--llm", str(llm), "--max-drop", "0.02",
                     "--guarantee", "0.9")
     assert refused.returncode == 1 and "no threshold meets --max-drop 0.02 with 90% confidence" \
-        in refused.stderr
+        in refused.stderr and "at least 114 questions" in refused.stderr
     assert "use it with --max-drop" in one_line_error(
         corea("tune", "--slm", str(slm), "--llm", str(llm), "--budget", "1", "--guarantee", "0.9"))
     assert "no answer_probability column" in one_line_error(

@@ -5,7 +5,7 @@ import pytest
 
 from corea.metrics import join_traces
 from corea.thresholds import (binomial_cdf, choose_threshold, guaranteed_threshold,
-                              random_and_oracle_curves)
+                              min_calibration_questions, random_and_oracle_curves)
 from test_metrics import LLM, SLM
 
 PAIR = join_traces(SLM, LLM)  # hand-computed points: t=0 (0.5, $1), t=0.6 (0.75, $3.5), t=0.9 (0.75, $8.5)
@@ -56,6 +56,17 @@ def test_guarantee_is_more_cautious_than_the_empirical_choice():
     assert certified is not None and certified["p_value"] <= 0.05
     assert certified["threshold"] >= empirical["threshold"]
     assert certified["lost"] / n < 0.05
+
+
+def test_no_certificate_below_the_minimum_number_of_questions():
+    assert min_calibration_questions(0.02, 0.1) == 114  # 0.98^114 < 0.1 <= 0.98^113
+    assert 0.98 ** 114 < 0.1 <= 0.98 ** 113
+    # A perfectly calibrated SLM that loses nothing: 113 questions certify nothing, 114 do.
+    def pair_of(n):
+        rows = [{"id": str(i), "correct": True, "cost": 1.0, "confidence": 0.9} for i in range(n)]
+        return join_traces(rows, [{**r, "cost": 10.0, "confidence": None} for r in rows])
+    assert guaranteed_threshold(pair_of(113), 0.02, delta=0.1) is None
+    assert guaranteed_threshold(pair_of(114), 0.02, delta=0.1)["threshold"] == 0.9
 
 
 def test_random_and_oracle_reference_curves():

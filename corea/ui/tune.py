@@ -12,12 +12,14 @@ import plotly.graph_objects as go
 from corea.cascade import tuned_config
 from corea.metrics import TracePair, evaluate_threshold, join_traces, summarize
 from corea.plots import move_marker, pareto_figure, thin
-from corea.thresholds import choose_threshold, random_and_oracle_curves
+from corea.thresholds import (choose_threshold, guaranteed_threshold, min_calibration_questions,
+                              random_and_oracle_curves)
 from corea.traces import TraceError, parse_trace_lines, read_trace
 from corea.signals import with_signal
 from corea.ui.common import SIGNAL_CHOICES, bundled_trace_pairs, signal_for_ui
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+CERTIFY_CONFIDENCE = 0.9
 GOAL_LABELS = {
     "Lose at most X points of accuracy": "max_drop",
     "Spend at most $Y per 1,000 questions": "budget",
@@ -150,20 +152,36 @@ def deferral_figure(loaded: LoadedPair, point: dict | None = None) -> go.Figure:
     return figure
 
 
-def propose(loaded: LoadedPair, goal_label: str, value: float) -> tuple[float, str]:
+def propose(loaded: LoadedPair, goal_label: str, value: float,
+            certify: bool = False) -> tuple[float, str]:
+    """The threshold for a goal; with `certify` (accuracy goal only), the one Learn-then-Test
+    certifies for new questions at CERTIFY_CONFIDENCE, rather than the best on these."""
     goal = GOAL_LABELS.get(goal_label)
     if goal is None:
         raise gr.Error("choose a goal")
     if value is None or value < 0:
         raise gr.Error("the goal needs a non-negative number")
     amount = {"max_drop": value / 100, "budget": value, "llm_share": value / 100}[goal]
-    point = choose_threshold(loaded.pair, goal, amount)
+    if certify and goal != "max_drop":
+        raise gr.Error("a guarantee certifies accuracy lost: choose the first goal to use it")
+    if certify:
+        if not 0 < amount < 1:
+            raise gr.Error("a certified loss lies strictly between 0 and 100 points")
+        point = guaranteed_threshold(loaded.pair, amount, delta=1 - CERTIFY_CONFIDENCE)
+    else:
+        point = choose_threshold(loaded.pair, goal, amount)
+    certified = f", certified at {CERTIFY_CONFIDENCE:.0%} confidence" if certify else ""
     if point is None:
-        return gr.skip(), f"No threshold meets “{goal_label}” with {value:g} on these traces."
+        needed = "" if not certify else (
+            " A certificate needs at least "
+            f"{min_calibration_questions(amount, 1 - CERTIFY_CONFIDENCE)} questions even when "
+            "nothing is lost.")
+        return gr.skip(), (f"No threshold meets “{goal_label}” with {value:g}{certified} on "
+                           f"these {len(loaded.pair)} questions.{needed}")
     threshold = min(point["threshold"], 1.0)
     note = "" if point["threshold"] <= 1.0 else " (every question deferred)"
     return threshold, (f"Proposed threshold **{threshold:.3f}**{note} for “{goal_label}” = "
-                       f"{value:g}: accuracy {point['accuracy']:.1%}, "
+                       f"{value:g}{certified}: accuracy {point['accuracy']:.1%}, "
                        f"{point['llm_share']:.1%} sent to the LLM.")
 
 
@@ -206,6 +224,8 @@ def build_tune_tab(demo: gr.Blocks) -> None:
         with gr.Column():
             goal = gr.Radio(list(GOAL_LABELS), value=list(GOAL_LABELS)[0], label="Goal")
             goal_value = gr.Number(value=2, label="X / Y / Z", info="points, $ per 1k, or percent")
+            certify = gr.Checkbox(label=f"Certify it for new questions ({CERTIFY_CONFIDENCE:.0%} "
+                                        "confidence, Learn-then-Test; accuracy goal)")
             propose_button = gr.Button("Propose threshold")
             proposal = gr.Markdown()
             export_button = gr.Button("Export cascade config")
@@ -222,10 +242,10 @@ def build_tune_tab(demo: gr.Blocks) -> None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return threshold_view(loaded, value)
 
-    def on_propose(loaded, goal_label, value):
+    def on_propose(loaded, goal_label, value, certify_it=False):
         if loaded is None:
             raise gr.Error("load a trace pair first")
-        return propose(loaded, goal_label, value)
+        return propose(loaded, goal_label, value, certify_it)
 
     def on_export(loaded, value):
         if loaded is None:
@@ -241,6 +261,6 @@ def build_tune_tab(demo: gr.Blocks) -> None:
     threshold.change(on_slide, [state, threshold], [pareto, numbers, point_json, deferral],
                      api_name="tune_threshold", concurrency_limit=8, show_progress="hidden",
                      trigger_mode="always_last")
-    propose_button.click(on_propose, [state, goal, goal_value], [threshold, proposal],
+    propose_button.click(on_propose, [state, goal, goal_value, certify], [threshold, proposal],
                          api_name="tune_propose")
     export_button.click(on_export, [state, threshold], exported, api_name="tune_export")
