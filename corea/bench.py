@@ -345,6 +345,9 @@ def protection_table(tables: dict, pairs_by_dataset: dict) -> list[str]:
             cells += [f"{(float(pair.llm_correct.mean()) - accuracy) * 100:+.1f} pts",
                       _pct(float((~keep).mean()))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if not any("verbalized (calibrated)" in pairs for pairs in pairs_by_dataset.values()):
+        lines += ["", "— in the calibrated columns: no calibrated adapter was given. "
+                  "`python -m corea bench --adapter PATH` fills them from a trained SLM."]
     return lines + [""]
 
 
@@ -487,7 +490,13 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         + ("its SLM is calibrated with the adapter named above." if plan.adapter else
            "no calibrated adapter was given (none is shipped yet), so the verbalized signal is the "
            "untrained model's.") + " Each set's section says what its numbers mean.", "",
-        "## Per data set", "", *sections,
+        "## Per data set", "",
+        "AIQ: the best accuracy affordable at each budget (upper convex hull of accuracy against "
+        "cost), averaged over budgets from 0 to the price of the LLM alone, so a signal that costs "
+        "more (self-consistency pays for its samples) is charged for it. APGR: the share of the "
+        "SLM-to-LLM accuracy gap recovered, averaged over the share of questions sent to the LLM "
+        "(cost not counted). ECE, AUROC and Brier score the signal against the SLM's correctness.",
+        "", *sections,
         *protection_table(tables, pairs_by_dataset),
         *speed_section(plan),
     ]

@@ -166,11 +166,17 @@ def pareto_mask(cost, accuracy) -> np.ndarray:
     return mask
 
 
-def area_under_hull(cost, accuracy) -> float | None:
+def area_under_hull(cost, accuracy, budget: float | None = None) -> float | None:
     """AIQ (RouterBench): area under the non-decreasing upper convex hull of accuracy vs cost,
-    divided by the cost range, so it reads as an average accuracy over the range of budgets."""
+    divided by the cost range, so it reads as an average accuracy over the range of budgets.
+
+    With `budget` the range is fixed at [0, budget] (no answer is affordable below the cheapest
+    point, so accuracy counts as 0 there): curves that cost different amounts, such as a cascade
+    that also pays for k self-consistency samples, are then averaged over the same budgets."""
     cost, accuracy = np.asarray(cost, float), np.asarray(accuracy, float)
-    if len(cost) < 2 or cost.max() <= cost.min():
+    if budget is None and (len(cost) < 2 or cost.max() <= cost.min()):
+        return None
+    if budget is not None and budget <= 0:
         return None
     points = sorted(zip(cost, accuracy))
     hull: list[tuple[float, float]] = []
@@ -184,10 +190,16 @@ def area_under_hull(cost, accuracy) -> float | None:
             else:
                 break
         hull.append((x, y))
-    xs = np.array([p[0] for p in hull] + [cost.max()])
-    ys = np.array([p[1] for p in hull] + [hull[-1][1]])
-    area = float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2.0))
-    return area / (cost.max() - xs[0]) if cost.max() > xs[0] else float(ys[0])
+    xs = np.array([p[0] for p in hull])
+    ys = np.array([p[1] for p in hull])
+    end = cost.max() if budget is None else budget
+    start = xs[0] if budget is None else 0.0
+    if xs[0] >= end:
+        return float(ys[0]) if budget is None else 0.0
+    grid = np.unique(np.concatenate([xs[xs < end], [end]]))
+    heights = np.interp(grid, xs, ys)  # flat beyond the last hull point
+    area = float(np.sum((grid[1:] - grid[:-1]) * (heights[1:] + heights[:-1]) / 2.0))
+    return area / (end - start)
 
 
 def best_within(points: list[dict], llm_accuracy: float, max_drop: float) -> dict | None:
@@ -231,8 +243,9 @@ def summarize(pair: TracePair, max_drop: float = DEFAULT_MAX_DROP) -> dict:
         "best_within_2pt": best_within(points, llm_accuracy, DEFAULT_MAX_DROP),
         **({"max_drop": max_drop, "best_within_max_drop": best_within(points, llm_accuracy, max_drop)}
            if max_drop != DEFAULT_MAX_DROP else {}),
+        # Over budgets up to the LLM's own price: the range where a cascade can save anything.
         "aiq": area_under_hull(np.append(curve.cost, llm_cost),
-                               np.append(curve.accuracy, llm_accuracy)),
+                               np.append(curve.accuracy, llm_accuracy), budget=llm_cost),
         "ece": expected_calibration_error(pair.confidence, pair.slm_correct),
         "auroc": auroc(pair.confidence, pair.slm_correct),
         "brier": brier_score(pair.confidence, pair.slm_correct),

@@ -77,6 +77,16 @@ def test_pareto_mask_and_hull():
     assert area_under_hull([0.0, 0.5, 1.0], [0.5, 1.0, 1.0]) == pytest.approx(0.875)
 
 
+def test_aiq_over_a_fixed_budget_charges_costlier_curves():
+    # Over budgets [0, 1]: nothing is affordable below 0.5, then the chord from 0.2 to 0.4.
+    assert area_under_hull([0.5, 1.0], [0.2, 0.4], budget=1.0) == pytest.approx(0.15)
+    # The same accuracies bought cheaper score higher; past the budget nothing counts.
+    assert area_under_hull([0.2, 1.0], [0.2, 0.4], budget=1.0) == pytest.approx(0.24)
+    assert area_under_hull([0.2, 2.0], [0.2, 0.4], budget=1.0) == pytest.approx(
+        (0.2 + (0.2 + 0.8 / 1.8 * 0.2)) / 2 * 0.8)
+    assert area_under_hull([2.0], [0.9], budget=1.0) == 0.0
+
+
 def test_tables_that_share_no_ids():
     with pytest.raises(TraceError, match="share no question ids"):
         join_traces(SLM, [row("other", True, 1.0)])
