@@ -134,6 +134,12 @@ def answer_span(text: str) -> tuple[int, int] | None:
     return matches[-1].span(1)
 
 
+def confidence_span(text: str) -> tuple[int, int] | None:
+    """Where the final confidence's value stands in `text` (start, end)."""
+    matches = list(_CONFIDENCE_LINE.finditer(text or ""))
+    return matches[-1].span(1) if matches else None
+
+
 def format_reply(reasoning: str, answer: str, confidence: float) -> str:
     """A reply in corea's format; the inverse of `parse_reply` (used by tests and warm-up data)."""
     body = reasoning.strip()

@@ -19,7 +19,8 @@ def tiny_overrides(model_dir, output_dir, steps=2):
             "--num_generations", "2", "--max_completion_length", "8", "--eval_limit", "2",
             "--eval_tasks", "arith-1", "--eval_max_new_tokens", "4", "--output_dir",
             str(output_dir), "--save_steps", "1", "--device", "cpu", "--warmup_steps", "1",
-            "--warmup_size", "4"]
+            "--warmup_size", "4", "--self_label_size", "2", "--self_label_samples", "2",
+            "--self_label_max_new_tokens", "8"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -79,6 +80,46 @@ def test_warmup_solutions_state_one_confidence_and_the_right_answer():
         assert row["completion"][0]["content"].split("=")[-1].split(".")[0].strip() == reply.answer
 
 
+def test_self_labelled_problems_are_new_to_every_other_stage():
+    from training.self_label import self_label_problems
+    from training.warmup import warmup_rows
+
+    config = load_config(None, ["--tasks", "arith-1,arith-2", "--train_size", "10",
+                                "--warmup_size", "6", "--self_label_size", "5",
+                                "--eval_tasks", "arith-1,arith-2", "--eval_limit", "40"])
+    problems = self_label_problems(config)
+    assert len(problems) == 10
+    questions = {p["question"] for p in problems}
+    assert not questions & {r["question"] for r in training_rows(config)}
+    assert not questions & {r["prompt"][-1]["content"].split("\n")[0] for r in warmup_rows(config)}
+    from training.data import evaluation_sets
+
+    for task, split in evaluation_sets(config):
+        assert not questions & {e.question for e in task.examples(split, 40)}
+
+
+def test_self_labelled_rows_teach_the_share_of_right_replies(tmp_path):
+    from tiny import build_tiny_model
+    from transformers import AutoTokenizer
+
+    from training.self_label import labelled_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "model"))
+    problem = {"id": "p1", "question": "What is 2 + 3?", "gold": "5", "checker": "numeric",
+               "hint": None}
+    replies = {"p1": ["2 + 3 = 5.\nAnswer: 5\nConfidence: 0.2",
+                      "2 + 3 = 6.\nAnswer: 6\nConfidence: 0.99",
+                      "Answer: 5\nConfidence: 1",
+                      "no answer at all"]}
+    rows = labelled_rows([problem], replies, tokenizer, few_shot=False)
+    # 2 right of 4 sampled (the unformatted one counts as wrong and teaches nothing itself)
+    assert [row["completion"] for row in rows] == [" 0.5"] * 3
+    first = rows[0]["prompt"]
+    assert first.endswith("2 + 3 = 5.\nAnswer: 5\nConfidence:")
+    assert "What is 2 + 3?" in first and "0.2" not in first
+    assert labelled_rows([problem], {"p1": ["no answer at all"] * 3}, tokenizer, False) == []
+
+
 def test_tasks_without_a_train_split_are_refused():
     with pytest.raises(ValueError, match="no train split"):
         training_rows(load_config(None, ["--tasks", "svamp", "--eval_limit", "0"]))
@@ -107,9 +148,19 @@ def test_a_model_that_cannot_be_trained_fails_before_training(tmp_path):
 def tiny_run(tmp_path_factory):
     from tiny import build_tiny_model
 
+    from training.self_label import REPLIES_FILE, self_label_problems
+
     folder = tmp_path_factory.mktemp("grpo")
     model = build_tiny_model(folder / "model")
-    result = run_training("grpo", *tiny_overrides(model, folder / "run"))
+    # The tiny model's random replies never state an answer, so the self-labelled stage gets
+    # sampled replies as an interrupted stage leaves them (one right and one wrong per problem).
+    overrides = tiny_overrides(model, folder / "run")
+    (folder / "run").mkdir()
+    with open(folder / "run" / REPLIES_FILE, "w") as handle:
+        for problem in self_label_problems(load_config(None, overrides)):
+            handle.write(json.dumps({"id": problem["id"], "replies": [
+                f"Answer: {problem['gold']}\nConfidence: 0.9", "Answer: -1\nConfidence: 0.9"]}) + "\n")
+    result = run_training("grpo", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
 
@@ -128,9 +179,13 @@ def test_grpo_smoke_writes_an_adapter_and_finite_logs(tiny_run):
             assert math.isfinite(entry[key]), key
     run = json.loads((run_dir / "run.json").read_text())
     assert run["steps"] == 2 and run["log_finite"]
-    assert set(run["before"]) == set(run["after"]) == set(run["after_warmup"]) == {"arith-1", "all"}
-    # GRPO went on training the warm-up's adapter rather than a new one
+    assert (set(run["before"]) == set(run["after"]) == set(run["after_warmup"])
+            == set(run["after_self_label"]) == {"arith-1", "all"})
+    # Each stage went on training the previous stage's adapter rather than a new one
     assert (run_dir / "warmup-adapter" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "self-label-adapter" / "adapter_model.safetensors").is_file()
+    targets = json.loads((run_dir / "self-label-targets.json").read_text())
+    assert targets["rows"] == 4 and set(targets["targets"]) == {0.5}
     assert (run_dir / "training_curves.html").stat().st_size > 1000
 
 

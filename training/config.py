@@ -47,6 +47,15 @@ class TrainConfig:
     warmup_size: int = option(256, "worked solutions made for the warm-up")
     warmup_learning_rate: float = option(2e-4, "learning rate of the warm-up")
     warmup_confidence: float = option(0.5, "the one confidence every warm-up reply states")
+    # self-labelled confidence (see training/self_label.py)
+    self_label_size: int = option(0, "problems per task whose sampled replies, graded, teach the "
+                                     "confidence before GRPO (0 = no such stage)")
+    self_label_tasks: list[str] = option([], "tasks those problems come from (default: tasks)")
+    self_label_samples: int = option(4, "replies sampled per problem; the target confidence is "
+                                        "(right + 0.5) / (samples + 1)")
+    self_label_max_new_tokens: int = option(160, "longest sampled reply in tokens")
+    self_label_epochs: int = option(2, "passes over the labelled replies")
+    self_label_learning_rate: float = option(2e-4, "learning rate of the stage")
     # reward
     confidence_reward: str = option("brier", "brier: 1-(correct-c)^2 (RLCR); corea_l1: "
                                              "-|c - p_group| (COREA)")
@@ -103,6 +112,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.warmup_steps < 0 or not 0.0 <= self.warmup_confidence <= 1.0:
             raise ValueError("warmup_steps cannot be negative; warmup_confidence lies in [0, 1]")
+        if self.self_label_size < 0 or self.self_label_samples < 2 and self.self_label_size:
+            raise ValueError("self_label_size cannot be negative, and self_label_samples must be "
+                             "at least 2 (a share of right replies needs several)")
         if self.eval_limit < 0:
             raise ValueError("eval_limit cannot be negative")
         if not self.tasks:

@@ -10,7 +10,7 @@ from corea.tasks import ColumnMapping, Task, get_task
 from training.config import TrainConfig
 
 
-def _mapping(config: TrainConfig) -> ColumnMapping:
+def column_mapping(config: TrainConfig) -> ColumnMapping:
     return ColumnMapping(config.question_field, config.answer_field, None, config.checker)
 
 
@@ -27,7 +27,7 @@ def training_rows(config: TrainConfig) -> list[dict]:
     """One row per question: the chat prompt plus the columns the rewards read."""
     rows = []
     for spec in config.tasks:
-        task = get_task(spec, _mapping(config))
+        task = get_task(spec, column_mapping(config))
         for example in task.examples(training_split(task), config.train_size):
             rows.append({
                 "prompt": build_messages(example.question, few_shot=config.few_shot, hint=task.hint),
@@ -45,7 +45,7 @@ def training_rows(config: TrainConfig) -> list[dict]:
 def evaluation_sets(config: TrainConfig) -> list[tuple[Task, str]]:
     sets = []
     for spec in config.eval_tasks:
-        task = get_task(spec, _mapping(config))
+        task = get_task(spec, column_mapping(config))
         split = "test" if "test" in task.splits else ("dev" if "dev" in task.splits
                                                       else task.default_split)
         sets.append((task, split))

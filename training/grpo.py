@@ -19,6 +19,7 @@ from pathlib import Path
 from corea import embedded
 from corea.metrics import expected_calibration_error
 
+from training.adapters import model_to_train
 from training.config import TrainConfig
 from training.data import evaluation_sets, to_dataset, training_rows
 from training.rewards import CONFIDENCE_REWARDS, correctness_reward, format_reward, score
@@ -77,8 +78,7 @@ def _on_cuda(config: TrainConfig) -> bool:
 
 
 def build_trainer(config: TrainConfig, rows: list[dict], checkpoint: str,
-                  warmup_adapter: Path | None = None):
-    from peft import LoraConfig
+                  start_adapter: Path | None = None):
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -108,19 +108,10 @@ def build_trainer(config: TrainConfig, rows: list[dict], checkpoint: str,
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     rewards = [format_reward, correctness_reward,
                with_calibration_logging(CONFIDENCE_REWARDS[config.confidence_reward])]
-    model, peft_config = checkpoint, lora
-    if warmup_adapter is not None:  # GRPO goes on training the warm-up's adapter
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
-        base = AutoModelForCausalLM.from_pretrained(checkpoint,
-                                                    trust_remote_code=config.trust_remote_code)
-        model, peft_config = PeftModel.from_pretrained(base, str(warmup_adapter),
-                                                       is_trainable=True), None
+    # GRPO goes on training the earlier stages' adapter, if any.
+    model, peft_config = model_to_train(config, checkpoint, start_adapter)
     return GRPOTrainer(model=model, reward_funcs=rewards, args=args,
                        train_dataset=to_dataset(rows), processing_class=tokenizer,
                        peft_config=peft_config, callbacks=[JsonlLog()])
@@ -179,15 +170,23 @@ def train(config: TrainConfig) -> dict:
         run["before"] = _evaluate(config, checkpoint, None, "before")
         _save_run(output_dir, run)
 
-    warmup_adapter = None
+    adapter = None
     if config.warmup_steps:
         from training.warmup import run_warmup
 
-        warmup_adapter = run_warmup(config, checkpoint, output_dir, use_cpu=not _on_cuda(config))
+        adapter = run_warmup(config, checkpoint, output_dir, use_cpu=not _on_cuda(config))
         if config.eval_limit and "after_warmup" not in run:
-            run["after_warmup"] = _evaluate(config, checkpoint, warmup_adapter, "after-warmup")
+            run["after_warmup"] = _evaluate(config, checkpoint, adapter, "after-warmup")
             _save_run(output_dir, run)
-    trainer = build_trainer(config, rows, checkpoint, warmup_adapter)
+    if config.self_label_size:
+        from training.self_label import run_self_label
+
+        adapter = run_self_label(config, checkpoint, output_dir, adapter,
+                                 use_cpu=not _on_cuda(config))
+        if config.eval_limit and "after_self_label" not in run:
+            run["after_self_label"] = _evaluate(config, checkpoint, adapter, "after-self-label")
+            _save_run(output_dir, run)
+    trainer = build_trainer(config, rows, checkpoint, adapter)
     last = get_last_checkpoint(str(output_dir)) if config.resume else None
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)

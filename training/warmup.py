@@ -15,6 +15,7 @@ from corea import arithmetic
 from corea.protocol import build_messages, format_reply
 from corea.tasks import HINTS
 
+from training.adapters import lora_config
 from training.config import TrainConfig
 
 WARMUP_DIR = "warmup-adapter"
@@ -48,7 +49,6 @@ def run_warmup(config: TrainConfig, checkpoint: str, output_dir: Path, use_cpu: 
     if (target / "adapter_config.json").is_file():
         return target
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -60,10 +60,8 @@ def run_warmup(config: TrainConfig, checkpoint: str, output_dir: Path, use_cpu: 
                      logging_steps=1, save_strategy="no", report_to="none", use_cpu=use_cpu,
                      bf16=config.bf16 and not use_cpu, seed=config.seed, completion_only_loss=True,
                      max_length=1024)
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=checkpoint, args=args, train_dataset=Dataset.from_list(warmup_rows(config)),
-                         processing_class=tokenizer, peft_config=lora)
+                         processing_class=tokenizer, peft_config=lora_config(config))
     trainer.train()
     trainer.save_model(str(target))
     return target
