@@ -14,6 +14,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,7 +194,13 @@ def holdout_table(pairs: dict[str, TracePair]) -> list[str]:
     return lines + [""]
 
 
-def reading(name: str, reports: dict[str, dict]) -> str:
+def majority_answer(rows: list[dict]) -> tuple[str, float]:
+    """The most common gold answer and the share of questions it is right on."""
+    answer, count = Counter(str(row["gold"]) for row in rows).most_common(1)[0]
+    return answer, count / len(rows)
+
+
+def reading(name: str, reports: dict[str, dict], majority: tuple[str, float]) -> str:
     """What the numbers mean for this set, in words generated from the numbers themselves."""
     any_report = next(iter(reports.values()))
     slm_acc = any_report["slm_only"]["accuracy"]
@@ -212,6 +219,16 @@ def reading(name: str, reports: dict[str, dict]) -> str:
         sentences.append("The SLM is rarely right here, so almost every question must go to the "
                          "LLM to keep its accuracy, and the SLM's reply is then paid for on top: "
                          "little or nothing can be saved, whatever the signal.")
+    calibrated = reports.get("verbalized (calibrated)")
+    if calibrated is not None:
+        sentences.append(f"The calibrated SLM is right on "
+                         f"{calibrated['slm_only']['accuracy']:.1%} (its own replies).")
+    answer, share = majority
+    if llm_acc <= share + 0.02:
+        sentences.append(f"The LLM does no better than always answering “{answer}” (right on "
+                         f"{share:.1%}): neither model shows the reasoning this set asks for, so a "
+                         "saving here, where an SLM's answers are as good as the LLM's, says "
+                         "nothing about deferring well.")
     if llm_acc <= slm_acc:
         sentences.append("The LLM is no better than the SLM on this set, so the cascade's "
                          "saving says nothing about deferral: keeping everything on the SLM is "
@@ -298,7 +315,8 @@ def dataset_section(name: str, entry: dict, pairs: dict[str, TracePair],
             f"{_num(report['auroc'])} | {_num(report['brier'])} |")
     random_saving = random_deferral_saving(pairs["oracle (upper bound)"])
     lines.append(f"| random deferral (expected) | {_pct(random_saving)} | | | | | | | |")
-    lines += ["", reading(name, reports), "", *holdout_table(pairs)]
+    lines += ["", reading(name, reports, majority_answer(entry["llm"])), "",
+              *holdout_table(pairs)]
     return lines, reports
 
 
@@ -446,6 +464,7 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
     plots = plan.out.parent / "plots"
     plots.mkdir(exist_ok=True)
     pairs_by_dataset, sections, savings, accuracies, aurocs = {}, [], {}, {}, {}
+    chance_sets: list[str] = []
     for name, _ in DATASETS:
         pairs = signal_pairs(tables[name], get_task(name).checker)
         pairs_by_dataset[name] = pairs
@@ -460,7 +479,12 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         answered = {row["id"] for row in tables[name]["slm"] if row["answer"] is not None}
         aurocs[name] = {signal: (r["auroc"], answered_auroc(pairs[signal], answered))
                         for signal, r in reports.items() if not signal.startswith("oracle")}
+        _, majority_share = majority_answer(tables[name]["llm"])
+        if reports["oracle (upper bound)"]["llm_only"]["accuracy"] <= majority_share + 0.02:
+            chance_sets.append(name)
+        calibrated = reports.get("verbalized (calibrated)")
         accuracies[name] = (reports["oracle (upper bound)"]["slm_only"]["accuracy"],
+                            calibrated and calibrated["slm_only"]["accuracy"],
                             reports["oracle (upper bound)"]["llm_only"]["accuracy"])
     signals = list(dict.fromkeys(signal for row in savings.values() for signal in row))
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
@@ -477,12 +501,16 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         f"{plan.samples} at temperature {SAMPLING['temperature']}, each paid for on every "
         "question (the SLM runs k more times).", "",
         "## Headline: cost saved with accuracy within 2 points of LLM-only", "",
-        "| data set | SLM / LLM accuracy | " + " | ".join(signals) + " |",
+        "| data set | SLM" + (" / calibrated SLM" if plan.adapter else "") + " / LLM accuracy | "
+        + " | ".join(signals) + " |",
         "|---|---|" + "---|" * len(signals),
-        *[f"| {name} | {accuracies[name][0]:.1%} / {accuracies[name][1]:.1%} | "
+        *[f"| {name} | " + " / ".join(_pct(a) for a in accuracies[name] if a is not None) + " | "
           + " | ".join(_pct(row.get(s)) for s in signals) + " |" for name, row in savings.items()],
         "", "— : no threshold keeps accuracy within 2 points of LLM-only (use the LLM alone). The "
-            "oracle is an upper bound (it knows which answers are right), not a usable signal.", "",
+            "oracle is an upper bound (it knows which answers are right), not a usable signal."
+        + (f" On {', '.join(chance_sets)} the LLM does no better than always giving the commonest "
+           "answer, so a saving there measures nothing (see the set's section)."
+           if chance_sets else ""), "",
         *auroc_table(aurocs),
         "For scale: COREA (arXiv 2603.03752) reports 21.5% saved on out-of-domain math and 16.8% "
         "on non-math within 2 points, with an RL-calibrated 7B SLM in front of a 32B LLM. The pair "

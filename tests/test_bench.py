@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from corea.bench import (answered_auroc, apgr, auroc_table, calibration_test_split, holdout_check, holdout_table,
-                         reading,
+from corea.bench import (answered_auroc, apgr, auroc_table, calibration_test_split, holdout_check,
+                         holdout_table, majority_answer, reading,
                          random_deferral_saving, signal_pairs)
 from corea.metrics import TracePair, join_traces, summarize
 from corea.signals import with_signal
@@ -118,16 +118,30 @@ def test_too_few_calibration_questions_certify_nothing():
 def test_reading_says_when_the_slm_is_too_weak_to_save_anything():
     pair = join_traces(with_signal(SLM, "oracle"), LLM)
     weak = summarize(pair_of([0.0] * 20, [False] * 20, [True] * 20))
-    text = reading("gsm8k", {"verbalized (untrained)": weak, "oracle (upper bound)": weak})
-    assert "rarely right" in text and "LLM alone" in text
+    text = reading("gsm8k", {"verbalized (untrained)": weak, "oracle (upper bound)": weak},
+                   ("18", 0.05))
+    assert "rarely right" in text and "LLM alone" in text and "always answering" not in text
     strong = summarize(pair)
-    text = reading("svamp", {"oracle (upper bound)": strong, "first-token margin": strong})
+    text = reading("svamp", {"oracle (upper bound)": strong, "first-token margin": strong},
+                   ("3", 0.1))
     assert "Best real signal within 2 points: first-token margin" in text
     assert "`--signal first_token_margin`" in text  # the winner can be deployed as it is
     assert "best separates right from wrong SLM answers is first-token margin (AUROC 1.000" in text
     backwards = summarize(pair_of([0.1, 0.9, 0.2, 0.8], [True, False, True, False], [True] * 4))
-    text = reading("svamp", {"oracle (upper bound)": strong, "verbalized (untrained)": backwards})
+    text = reading("svamp", {"oracle (upper bound)": strong, "verbalized (untrained)": backwards},
+                   ("3", 0.1))
     assert "Worse than chance at it (AUROC below 0.5): verbalized (untrained) (0.000)" in text
+
+
+def test_reading_warns_when_the_llm_is_no_better_than_the_commonest_answer():
+    report = summarize(pair_of([0.9, 0.1, 0.9, 0.1], [True, False, True, False],
+                               [True, False, False, True]))  # the LLM is right on half
+    text = reading("strategyqa", {"oracle (upper bound)": report,
+                                  "verbalized (calibrated)": report},
+                   majority_answer([{"gold": "no"}, {"gold": "no"}, {"gold": "yes"},
+                                    {"gold": "no"}]))
+    assert "no better than always answering “no” (right on 75.0%)" in text
+    assert "The calibrated SLM is right on 50.0%" in text
 
 
 def test_sweep_cli_defers_on_the_chosen_signal(tmp_path):

@@ -206,6 +206,8 @@ def test_push_dry_run_writes_adapter_and_card(tiny_run, tmp_path):
     assert card.startswith("---\nbase_model:") and "library_name: peft" in card
     assert "accuracy before → after" in card and "| arith-1 | 2 |" in card
     assert "Brier, 1 − (correct − c)²" in card
+    assert "**Format warm-up**: 1 supervised steps" in card
+    assert "**Self-labelled confidence**: 2 training problems of each of arith-1" in card
 
 
 def test_push_dry_run_merged(tiny_run, tmp_path):

@@ -53,6 +53,22 @@ def _metrics_table(run: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stages(config: dict) -> str:
+    """The supervised stages before GRPO, as card bullets (none when the run had none)."""
+    lines = []
+    if config.get("warmup_steps"):
+        lines.append(f"- **Format warm-up**: {config['warmup_steps']} supervised steps on worked "
+                     "solutions of generated training problems, all stating confidence "
+                     f"{config['warmup_confidence']}\n")
+    if config.get("self_label_size"):
+        tasks = ", ".join(config.get("self_label_tasks") or config["tasks"])
+        lines.append(f"- **Self-labelled confidence**: {config['self_label_size']} training "
+                     f"problems of each of {tasks}, answered {config['self_label_samples']} times "
+                     "by the model; it learned to state (right + 0.5) / (samples + 1) after its own "
+                     f"answers ({config['self_label_epochs']} epochs, loss on the confidence only)\n")
+    return "".join(lines)
+
+
 def model_card(run: dict, merged: bool) -> str:
     config = run["config"]
     base = hub_base(run)
@@ -80,7 +96,7 @@ cascade, answers below the threshold are deferred to a larger model.
   {"easy first" if config["curriculum"] else "shuffled"}
 - **Reward**: {config["format_weight"]} × format + {config["correct_weight"]} × correctness +
   {config["confidence_weight"]} × {reward}; the last two are 0 when the format fails
-- **GRPO**: {run.get("steps", "?")} steps, {config["num_generations"]} completions per prompt,
+{_stages(config)}- **GRPO**: {run.get("steps", "?")} steps, {config["num_generations"]} completions per prompt,
   temperature {config["temperature"]}, β = {config["beta"]}, LoRA r = {config["lora_r"]},
   learning rate {config["learning_rate"]}
 - **Machine**: {run.get("machine", "?")}, {run.get("train_seconds", "?")} s of training
