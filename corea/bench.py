@@ -200,6 +200,11 @@ def majority_answer(rows: list[dict]) -> tuple[str, float]:
     return answer, count / len(rows)
 
 
+def no_better_than_majority(llm_accuracy: float, majority: tuple[str, float]) -> bool:
+    """Whether the LLM is within 2 points of always giving the commonest answer."""
+    return llm_accuracy <= majority[1] + 0.02
+
+
 def reading(name: str, reports: dict[str, dict], majority: tuple[str, float]) -> str:
     """What the numbers mean for this set, in words generated from the numbers themselves."""
     any_report = next(iter(reports.values()))
@@ -223,10 +228,9 @@ def reading(name: str, reports: dict[str, dict], majority: tuple[str, float]) ->
     if calibrated is not None:
         sentences.append(f"The calibrated SLM is right on "
                          f"{calibrated['slm_only']['accuracy']:.1%} (its own replies).")
-    answer, share = majority
-    if llm_acc <= share + 0.02:
-        sentences.append(f"The LLM does no better than always answering “{answer}” (right on "
-                         f"{share:.1%}): neither model shows the reasoning this set asks for, so a "
+    if no_better_than_majority(llm_acc, majority):
+        sentences.append(f"The LLM does no better than always answering “{majority[0]}” (right "
+                         f"on {majority[1]:.1%}): neither model shows the reasoning this set asks for, so a "
                          "saving here, where an SLM's answers are as good as the LLM's, says "
                          "nothing about deferring well.")
     if llm_acc <= slm_acc:
@@ -294,8 +298,8 @@ def recompute_command(name: str, traces: Path, samples: int) -> str:
             + (f"; self-consistency: `--signal vote_share --samples {sampled}`" if samples else ""))
 
 
-def dataset_section(name: str, entry: dict, pairs: dict[str, TracePair],
-                    plot: str, traces: Path) -> tuple[list[str], dict[str, dict]]:
+def dataset_section(name: str, entry: dict, pairs: dict[str, TracePair], plot: str,
+                    traces: Path, majority: tuple[str, float]) -> tuple[list[str], dict[str, dict]]:
     reports = {signal: summarize(pair) for signal, pair in pairs.items()}
     base = reports["verbalized (untrained)"]
     lines = [f"### {name} ({len(entry['slm'])} questions)", "",
@@ -315,8 +319,7 @@ def dataset_section(name: str, entry: dict, pairs: dict[str, TracePair],
             f"{_num(report['auroc'])} | {_num(report['brier'])} |")
     random_saving = random_deferral_saving(pairs["oracle (upper bound)"])
     lines.append(f"| random deferral (expected) | {_pct(random_saving)} | | | | | | | |")
-    lines += ["", reading(name, reports, majority_answer(entry["llm"])), "",
-              *holdout_table(pairs)]
+    lines += ["", reading(name, reports, majority), "", *holdout_table(pairs)]
     return lines, reports
 
 
@@ -469,7 +472,9 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         pairs = signal_pairs(tables[name], get_task(name).checker)
         pairs_by_dataset[name] = pairs
         plot = plots / f"bench-{name}.html"
-        section, reports = dataset_section(name, tables[name], pairs, str(plot), plan.traces)
+        majority = majority_answer(tables[name]["llm"])
+        section, reports = dataset_section(name, tables[name], pairs, str(plot), plan.traces,
+                                           majority)
         dataset_figure(name, reports).write_html(str(plot), include_plotlyjs="cdn")
         sections += section
         savings[name] = {signal: (r["best_within_2pt"] or {}).get("saving")
@@ -479,8 +484,8 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         answered = {row["id"] for row in tables[name]["slm"] if row["answer"] is not None}
         aurocs[name] = {signal: (r["auroc"], answered_auroc(pairs[signal], answered))
                         for signal, r in reports.items() if not signal.startswith("oracle")}
-        _, majority_share = majority_answer(tables[name]["llm"])
-        if reports["oracle (upper bound)"]["llm_only"]["accuracy"] <= majority_share + 0.02:
+        if no_better_than_majority(reports["oracle (upper bound)"]["llm_only"]["accuracy"],
+                                   majority):
             chance_sets.append(name)
         calibrated = reports.get("verbalized (calibrated)")
         accuracies[name] = (reports["oracle (upper bound)"]["slm_only"]["accuracy"],
@@ -516,8 +521,8 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         "on non-math within 2 points, with an RL-calibrated 7B SLM in front of a 32B LLM. The pair "
         f"here is the embedded {embedded.DEFAULT_SLM} in front of {embedded.DEFAULT_LLM}, on CPU; "
         + ("its SLM is calibrated with the adapter named above." if plan.adapter else
-           "no calibrated adapter was given (none is shipped yet), so the verbalized signal is the "
-           "untrained model's.") + " Each set's section says what its numbers mean.", "",
+           "no calibrated adapter was given, so the verbalized signal is the untrained "
+           "model's.") + " Each set's section says what its numbers mean.", "",
         "## Per data set", "",
         "AIQ: the best accuracy affordable at each budget (upper convex hull of accuracy against "
         "cost), averaged over budgets from 0 to the price of the LLM alone, so a signal that costs "

@@ -249,20 +249,16 @@ def cmd_sweep(args) -> int:
 def cmd_tune(args) -> int:
     from corea.cascade import tuned_config
     from corea.metrics import evaluate_threshold
-    from corea.thresholds import (choose_threshold, guaranteed_threshold,
-                                  min_calibration_questions)
+    from corea.thresholds import min_calibration_questions, threshold_for_goal
 
     goal, value = next((g, getattr(args, g)) for g in ("max_drop", "budget", "llm_share")
                        if getattr(args, g) is not None)
     if args.guarantee is not None and goal != "max_drop":
         raise UsageError("--guarantee certifies an accuracy loss: use it with --max-drop")
+    if args.guarantee is not None and not 0 < args.guarantee < 1:
+        raise UsageError("--guarantee is a confidence level between 0 and 1, such as 0.9")
     pair, models = _signal_pair(args)
-    if args.guarantee is not None:
-        if not 0 < args.guarantee < 1:
-            raise UsageError("--guarantee is a confidence level between 0 and 1, such as 0.9")
-        point = guaranteed_threshold(pair, value, delta=1 - args.guarantee)
-    else:
-        point = choose_threshold(pair, goal, value)
+    point = threshold_for_goal(pair, goal, value, args.guarantee)
     wanted = f"--{goal.replace('_', '-')} {value:g}" + (
         f" with {args.guarantee:.0%} confidence" if args.guarantee is not None else "")
     if point is None:

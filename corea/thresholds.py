@@ -103,3 +103,16 @@ def random_and_oracle_curves(pair: TracePair, shares: np.ndarray | None = None) 
     oracle_accuracy = slm_accuracy + cumulative[counts] / len(pair)
     return {"share": shares.tolist(), "random": random_accuracy.tolist(),
             "oracle": oracle_accuracy.tolist()}
+
+
+def threshold_for_goal(pair: TracePair, goal: str, amount: float,
+                       confidence: float | None = None) -> dict | None:
+    """The threshold for a goal (max_drop, budget or llm_share): the best on these questions, or
+    with `confidence` (max_drop only) the one Learn-then-Test certifies for new questions."""
+    if confidence is None:
+        return choose_threshold(pair, goal, amount)
+    if goal != "max_drop":
+        raise ValueError("a guarantee certifies accuracy lost, not a budget or an LLM share")
+    if not 0 < confidence < 1:
+        raise ValueError("a guarantee's confidence lies strictly between 0 and 1, such as 0.9")
+    return guaranteed_threshold(pair, amount, delta=1 - confidence)

@@ -5,7 +5,8 @@ import pytest
 
 from corea.metrics import join_traces
 from corea.thresholds import (binomial_cdf, choose_threshold, guaranteed_threshold,
-                              min_calibration_questions, random_and_oracle_curves)
+                              min_calibration_questions, random_and_oracle_curves,
+                              threshold_for_goal)
 from test_metrics import LLM, SLM
 
 PAIR = join_traces(SLM, LLM)  # hand-computed points: t=0 (0.5, $1), t=0.6 (0.75, $3.5), t=0.9 (0.75, $8.5)
@@ -67,6 +68,15 @@ def test_no_certificate_below_the_minimum_number_of_questions():
         return join_traces(rows, [{**r, "cost": 10.0, "confidence": None} for r in rows])
     assert guaranteed_threshold(pair_of(113), 0.02, delta=0.1) is None
     assert guaranteed_threshold(pair_of(114), 0.02, delta=0.1)["threshold"] == 0.9
+
+
+def test_threshold_for_goal_chooses_or_certifies():
+    assert threshold_for_goal(PAIR, "llm_share", 0.5) == choose_threshold(PAIR, "llm_share", 0.5)
+    assert threshold_for_goal(PAIR, "max_drop", 0.3, 0.9) == guaranteed_threshold(PAIR, 0.3, 0.1)
+    with pytest.raises(ValueError, match="not a budget"):
+        threshold_for_goal(PAIR, "budget", 5.0, 0.9)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        threshold_for_goal(PAIR, "max_drop", 0.3, 1.0)
 
 
 def test_random_and_oracle_reference_curves():

@@ -62,8 +62,9 @@ def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer
         texts = replies.get(problem["id"], [])
         if not texts:
             continue
-        right = sum(is_correct(parse_reply(text).answer, problem["gold"], problem["checker"])
-                    and parse_reply(text).format_ok for text in texts)
+        parsed = [parse_reply(text) for text in texts]
+        right = sum(reply.format_ok and is_correct(reply.answer, problem["gold"], problem["checker"])
+                    for reply in parsed)
         target = target_confidence(right, len(texts))
         messages = build_messages(problem["question"], few_shot=few_shot, hint=problem["hint"])
         for text in texts:

@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 from corea.cascade import tuned_config
 from corea.metrics import TracePair, evaluate_threshold, join_traces, summarize
 from corea.plots import move_marker, pareto_figure, thin
-from corea.thresholds import (choose_threshold, guaranteed_threshold, min_calibration_questions,
-                              random_and_oracle_curves)
+from corea.thresholds import (min_calibration_questions, random_and_oracle_curves,
+                              threshold_for_goal)
 from corea.traces import TraceError, parse_trace_lines, read_trace
 from corea.signals import with_signal
 from corea.ui.common import SIGNAL_CHOICES, bundled_trace_pairs, signal_for_ui
@@ -164,12 +164,9 @@ def propose(loaded: LoadedPair, goal_label: str, value: float,
     amount = {"max_drop": value / 100, "budget": value, "llm_share": value / 100}[goal]
     if certify and goal != "max_drop":
         raise gr.Error("a guarantee certifies accuracy lost: choose the first goal to use it")
-    if certify:
-        if not 0 < amount < 1:
-            raise gr.Error("a certified loss lies strictly between 0 and 100 points")
-        point = guaranteed_threshold(loaded.pair, amount, delta=1 - CERTIFY_CONFIDENCE)
-    else:
-        point = choose_threshold(loaded.pair, goal, amount)
+    if certify and not 0 < amount < 1:
+        raise gr.Error("a certified loss lies strictly between 0 and 100 points")
+    point = threshold_for_goal(loaded.pair, goal, amount, CERTIFY_CONFIDENCE if certify else None)
     certified = f", certified at {CERTIFY_CONFIDENCE:.0%} confidence" if certify else ""
     if point is None:
         needed = "" if not certify else (
