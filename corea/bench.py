@@ -22,6 +22,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from corea import embedded
+from corea.ablation import RUNS_DIR, ablation_section
 from corea.costs import resolve_price
 from corea.metrics import TracePair, join_traces, summarize
 from corea.metrics import auroc as metrics_auroc
@@ -523,6 +524,7 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         + ("its SLM is calibrated with the adapter named above." if plan.adapter else
            "no calibrated adapter was given, so the verbalized signal is the untrained "
            "model's.") + " Each set's section says what its numbers mean.", "",
+        *ablation_section(plan.traces, RUNS_DIR),
         "## Per data set", "",
         "AIQ: the best accuracy affordable at each budget (upper convex hull of accuracy against "
         "cost), averaged over budgets from 0 to the price of the LLM alone, so a signal that costs "

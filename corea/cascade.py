@@ -11,19 +11,26 @@ A cascade is described by a JSON config (what the app's threshold tuning exports
     {"tiers": [{"model": "smollm2", "threshold": 0.8, "signal": "verbalized"},
                {"model": "qwen", "price": {"input": 0.15, "output": 0.46}}],
      "generation": {"max_new_tokens": 320}}
+
+`"routing": "step"` (with an optional `"step"` object, `corea.steps.StepConfig`) routes each
+reasoning step instead of the whole question: the SLM drafts every step and keeps it when the
+step router's score reaches tier 1's threshold; otherwise the LLM writes on from the text so far.
+Question-level routing is the default.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 from corea import embedded
 from corea.checking import is_correct
 from corea.costs import Price, default_price, resolve_price
+from corea.memory import MemoryConfig, Recall, StrategyMemory
+from corea.steps import StepConfig, step_answer_batch, step_config, step_events
 from corea.models import Generation, GenerationConfig, Model, get_model
 from corea.protocol import ParsedReply, build_messages, parse_reply
 from corea.signals import TOKEN_SIGNALS, check_runtime_signal, generation_confidence
@@ -37,9 +44,13 @@ class TierSpec:
     adapter: str | None = None
     backend: str = "auto"
     signal: str = "verbalized"  # what the threshold is compared with (corea.signals)
+    max_new_tokens: int | None = None  # this tier's token budget (at most the cascade's)
 
     def __post_init__(self):
         check_runtime_signal(self.signal)
+        if self.max_new_tokens is not None and (
+                not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise ValueError(f"tier {self.model}: max_new_tokens must be a whole number >= 1")
 
     def to_dict(self) -> dict:
         data = {"model": self.model}
@@ -53,13 +64,19 @@ class TierSpec:
             data["backend"] = self.backend
         if self.signal != "verbalized":
             data["signal"] = self.signal
+        if self.max_new_tokens is not None:
+            data["max_new_tokens"] = self.max_new_tokens
         return data
 
 
 @dataclass(frozen=True)
 class CascadeConfig:
     tiers: tuple[TierSpec, ...]
-    generation: GenerationConfig = GenerationConfig()
+    # A cascade reads a reply up to its Confidence line, so it stops each reply there (and cuts
+    # one that loops): corea.stopping.
+    generation: GenerationConfig = GenerationConfig(stop_when_done=True)
+    memory: MemoryConfig | None = None  # a strategy memory the SLM's prompt draws on
+    step: StepConfig | None = None  # "routing": "step": routed step by step (corea.steps)
 
     def __post_init__(self):
         if len(self.tiers) < 2:
@@ -67,10 +84,19 @@ class CascadeConfig:
         for index, tier in enumerate(self.tiers[:-1], start=1):
             if tier.threshold is None or not 0.0 <= tier.threshold <= 1.0:
                 raise ValueError(f"tier {index} ({tier.model}) needs a threshold in [0, 1]")
+        if self.step is not None and len(self.tiers) != 2:
+            raise ValueError("step routing takes two tiers: the SLM that drafts each step and "
+                             "the LLM that takes over")
+
+    @property
+    def routing(self) -> str:
+        return "step" if self.step is not None else "question"
 
     def to_dict(self) -> dict:
         return {"tiers": [tier.to_dict() for tier in self.tiers],
-                "generation": asdict(self.generation)}
+                "generation": asdict(self.generation),
+                **({"memory": self.memory.to_dict()} if self.memory else {}),
+                **({"routing": "step", "step": self.step.to_dict()} if self.step else {})}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -89,6 +115,7 @@ class CascadeConfig:
                 price=Price.from_dict(tier["price"]) if tier.get("price") else None,
                 adapter=tier.get("adapter"), backend=tier.get("backend", "auto"),
                 signal=tier.get("signal", "verbalized"),
+                max_new_tokens=tier.get("max_new_tokens"),
             ))
         generation = data.get("generation") or {}
         known = GenerationConfig.__dataclass_fields__
@@ -96,7 +123,9 @@ class CascadeConfig:
         if unknown:
             raise ValueError(f"unknown generation option(s) {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(known)}")
-        return cls(tuple(tiers), GenerationConfig(**generation))
+        memory = MemoryConfig.from_dict(data["memory"]) if data.get("memory") else None
+        generation = GenerationConfig(**{"stop_when_done": True, **generation})
+        return cls(tuple(tiers), generation, memory, step_config(data))
 
     @classmethod
     def load(cls, path: str | Path) -> "CascadeConfig":
@@ -124,6 +153,7 @@ class Tier:
     threshold: float | None
     price: Price
     signal: str = "verbalized"
+    max_new_tokens: int | None = None  # this tier's token budget (at most the cascade's)
 
     def __post_init__(self):
         if check_runtime_signal(self.signal) in TOKEN_SIGNALS and not getattr(
@@ -156,6 +186,11 @@ class CascadeResult:
     question: str
     steps: list[TierStep] = field(default_factory=list)
     correct: bool | None = None  # set when a gold answer was given
+    strategies: list[int] = field(default_factory=list)  # memory's strategies the SLM was given
+    memory_note: str | None = None  # why memory could not be used or written, when it could not
+    lesson: object | None = None  # what memory learned from a deferral (corea.memory.Lesson)
+    memory_cost: float = 0.0  # the LLM's second call that wrote a strategy
+    routed: object | None = None  # step routing's reply: who wrote each step (corea.steps)
 
     @property
     def answer(self) -> str | None:
@@ -167,7 +202,7 @@ class CascadeResult:
 
     @property
     def cost(self) -> float:
-        return sum(step.cost for step in self.steps)
+        return sum(step.cost for step in self.steps) + self.memory_cost
 
     @property
     def latency_s(self) -> float:
@@ -175,24 +210,42 @@ class CascadeResult:
 
 
 class Cascade:
-    def __init__(self, tiers: list[Tier], generation: GenerationConfig = GenerationConfig()):
+    def __init__(self, tiers: list[Tier], generation: GenerationConfig = GenerationConfig(),
+                 memory: StrategyMemory | None = None, step: StepConfig | None = None):
         if len(tiers) < 2:
             raise ValueError("a cascade needs at least two tiers")
         self.tiers = tiers
         self.generation = generation
+        self.memory = memory
+        self.step = step  # step-level routing: answers come from corea.steps
 
     @classmethod
     def from_config(cls, config: CascadeConfig, *, token: str | None = None,
                     price_table: dict[str, Price] | None = None,
                     loader: Callable[..., Model] = get_model) -> "Cascade":
+        # Opened first: a store that is not one fails before any model is loaded.
+        memory = StrategyMemory(config.memory) if config.memory else None
         tiers = []
         for spec in config.tiers:
-            extra = {"logprobs": True} if spec.signal in TOKEN_SIGNALS else {}
+            # Step routing reads the SLM's token probabilities for every step it drafts.
+            reads_tokens = spec.signal in TOKEN_SIGNALS or (config.step and spec is config.tiers[0])
+            extra = {"logprobs": True} if reads_tokens else {}
             model = loader(spec.model, adapter=spec.adapter, backend=spec.backend, token=token,
                            **extra)
             tiers.append(Tier(model, spec.threshold,
-                              resolve_price(model.name, price_table, spec.price), spec.signal))
-        return cls(tiers, config.generation)
+                              resolve_price(model.name, price_table, spec.price), spec.signal,
+                              spec.max_new_tokens))
+        return cls(tiers, config.generation, memory, config.step)
+
+    def tier_generation(self, index: int, config: GenerationConfig | None = None
+                        ) -> GenerationConfig:
+        """The decoding settings of tier `index`: the cascade's (or a request's), within the
+        tier's own token budget."""
+        config = config or self.generation
+        budget = self.tiers[index].max_new_tokens
+        if budget is not None and budget < config.max_new_tokens:
+            config = replace(config, max_new_tokens=budget)
+        return config
 
     def decide(self, index: int, generation: Generation) -> TierStep:
         """Tier `index`'s step for a generation: parsed, priced, kept or deferred."""
@@ -200,6 +253,8 @@ class Cascade:
         parsed = parse_reply(generation.text)
         confidence = generation_confidence(tier.signal, parsed, generation.text,
                                            generation.token_logprobs)
+        if generation.finish_reason == "repetition":  # cut while looping: a format failure
+            parsed, confidence = replace(parsed, format_ok=False), None
         if index == len(self.tiers) - 1:
             decision = "final"
         else:
@@ -212,13 +267,18 @@ class Cascade:
                      golds: list[str] | None = None, checker: str = "numeric"
                      ) -> list[CascadeResult]:
         """Answer many questions; each tier sees, as one batch, the questions deferred to it."""
-        conversations = [build_messages(q, hint=hint) for q in questions]
-        results = [CascadeResult(q.strip()) for q in questions]
+        if self.step is not None:
+            return step_answer_batch(self, questions, hint=hint, golds=golds, checker=checker)
+        recalls = self.recall(questions)
+        results = [self._with_recall(CascadeResult(q.strip()), recall)
+                   for q, recall in zip(questions, recalls)]
         pending = list(range(len(questions)))
         for index, tier in enumerate(self.tiers):
             if not pending:
                 break
-            generations = tier.model.generate([conversations[i] for i in pending], self.generation)
+            generations = tier.model.generate(
+                [self.tier_messages(index, questions[i], hint, recalls[i]) for i in pending],
+                self.tier_generation(index))
             still_pending = []
             for question_index, generation in zip(pending, generations):
                 step = self.decide(index, generation)
@@ -226,6 +286,8 @@ class Cascade:
                 if step.decision == "deferred":
                     still_pending.append(question_index)
             pending = still_pending
+        for result in results:
+            self.learn(result)
         if golds is not None:
             for result, gold in zip(results, golds):
                 result.correct = is_correct(result.answer, gold, checker)
@@ -237,13 +299,19 @@ class Cascade:
     def events(self, question: str, *, hint: str | None = None) -> Iterator[dict]:
         """Stream one question through the tiers: `delta` events while a tier writes, a `step`
         event when it has decided, and a `done` event with the final result."""
-        messages = build_messages(question, hint=hint)
-        result = CascadeResult(question.strip())
+        if self.step is not None:
+            yield from step_events(self, question, hint=hint)
+            return
+        recall = self.recall([question])[0]
+        result = self._with_recall(CascadeResult(question.strip()), recall)
+        if recall is not None:
+            yield {"type": "memory", "recall": recall}
         start = time.perf_counter()
         for index, tier in enumerate(self.tiers):
             yield {"type": "tier_start", "tier": index + 1, "model": tier.model.name}
             final = None
-            for generation in tier.model.stream(messages, self.generation):
+            messages = self.tier_messages(index, question, hint, recall)
+            for generation in tier.model.stream(messages, self.tier_generation(index)):
                 if generation.done:
                     final = generation
                 else:
@@ -253,4 +321,42 @@ class Cascade:
             yield {"type": "step", "step": step}
             if step.decision != "deferred":
                 break
+        self.learn(result)
         yield {"type": "done", "result": result, "wall_s": time.perf_counter() - start}
+
+    # -- strategy memory (corea.memory): retrieved strategies enter the SLM's prompt as quoted
+    # data; the LLM's answer to a deferred question teaches the store.
+    def recall(self, questions: list[str]) -> list[Recall | None]:
+        if self.memory is None:
+            return [None] * len(questions)
+        return self.memory.recall(questions)
+
+    def tier_messages(self, index: int, question: str, hint: str | None,
+                      recall: Recall | None) -> list[dict]:
+        few_shot = self.tiers[index].model.few_shot
+        if self.memory is None:
+            return build_messages(question, hint=hint, few_shot=few_shot)
+        if index == 0:
+            return self.memory.slm_messages(question, hint, recall or Recall(), few_shot)
+        if index == len(self.tiers) - 1:
+            return self.memory.llm_messages(question, hint, few_shot)
+        return build_messages(question, hint=hint, few_shot=few_shot)
+
+    @staticmethod
+    def _with_recall(result: CascadeResult, recall: Recall | None) -> CascadeResult:
+        if recall is not None:
+            result.strategies, result.memory_note = recall.ids, recall.note
+        return result
+
+    def learn(self, result: CascadeResult) -> None:
+        """After the last tier answered a deferred question, memory may store a strategy."""
+        last = result.steps[-1] if result.steps else None
+        if self.memory is None or last is None or len(result.steps) < 2 \
+                or last.tier != len(self.tiers):
+            return
+        tier = self.tiers[-1]
+        lesson = self.memory.learn(result.question, tier.model, last.parsed,
+                                   last.generation.text, self.generation, tier.price)
+        result.lesson, result.memory_cost = lesson, result.memory_cost + lesson.cost
+        if lesson.note:
+            result.memory_note = "; ".join(filter(None, [result.memory_note, lesson.note]))

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -109,7 +110,20 @@ def cmd_ask(args) -> int:
                           signal=args.signal if t is not None else "verbalized")
                  for m, t in zip(models, thresholds + [None])]
         try:
-            config = CascadeConfig(tuple(tiers), _generation(args))
+            # A cascade stops each reply after its Confidence line (corea.stopping).
+            config = CascadeConfig(tuple(tiers), dataclasses.replace(_generation(args),
+                                                                     stop_when_done=True))
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    if args.memory:
+        from corea.memory_cli import with_memory
+
+        config = with_memory(config, args.memory, args.namespace)
+    if args.routing == "step" and config.step is None:
+        from corea.steps import StepConfig
+
+        try:
+            config = dataclasses.replace(config, step=StepConfig(router=args.step_router))
         except ValueError as error:
             raise UsageError(str(error)) from error
     cascade = Cascade.from_config(config, token=_token(args), price_table=_price_table(args))
@@ -121,11 +135,21 @@ def cmd_ask(args) -> int:
             result = event["result"]
         elif args.json:
             continue
+        elif kind == "memory":
+            from corea.memory_cli import print_recall
+
+            print_recall(event["recall"])
         elif kind == "tier_start":
             print(f"\n── tier {event['tier']}: {event['model']} ──", flush=True)
             shown = 0
         elif kind == "delta":  # stream the reply as it is written
             print(event["text"][shown:], end="", flush=True)
+            shown = len(event["text"])
+        elif kind == "route_step":  # step routing: each step with the model that wrote it
+            step = event["step"]
+            score = step.get("confidence", step.get("draft_confidence"))
+            print(f"[{step['model']}{'' if score is None else f' {score:.2f}'}] "
+                  f"{step['text'].strip()}", flush=True)
             shown = len(event["text"])
         elif kind == "step":
             step = event["step"]
@@ -136,6 +160,12 @@ def cmd_ask(args) -> int:
     else:
         print(f"\nFinal answer: {result.answer}  (by {result.answered_by}; "
               f"total cost ${result.cost:.8f}, {result.latency_s:.1f} s)")
+        if cascade.memory is not None:
+            from corea.memory_cli import print_lesson
+
+            print_lesson(result)
+    if cascade.memory is not None:
+        cascade.memory.close()
     return 0
 
 
@@ -161,6 +191,15 @@ def _result_json(result) -> dict:
                    "threshold": s.threshold, "prompt_tokens": s.generation.prompt_tokens,
                    "completion_tokens": s.generation.completion_tokens, "cost": s.cost,
                    "latency_s": s.generation.latency_s} for s in result.steps],
+        "strategies": result.strategies, "memory_note": result.memory_note,
+        "memory_cost": result.memory_cost,
+        "lesson": None if result.lesson is None else {
+            "strategy": result.lesson.strategy, "stored_id": result.lesson.stored_id,
+            "merged": result.lesson.merged, "reason": result.lesson.reason},
+        **({"routed": {"steps": result.routed.steps, "switches": result.routed.switches,
+                       "cut_steps": result.routed.cut_steps, "fallback": result.routed.fallback,
+                       "by_model": result.routed.totals()["by_model"]}}
+           if result.routed is not None else {}),
     }
 
 
@@ -191,7 +230,7 @@ def cmd_trace(args) -> int:
     price = resolve_price(model.name, _price_table(args), price_override)
     summary = run_trace(model, task, args.out, split=args.split, limit=args.limit,
                         batch_size=args.batch_size, config=_generation(args), price=price,
-                        few_shot=not args.zero_shot, progress=not args.quiet)
+                        few_shot=False if args.zero_shot else None, progress=not args.quiet)
     print(f"{summary.path}: {summary.rows} rows ({summary.new_rows} new) of {len(examples)} asked; "
           f"accuracy {summary.accuracy:.3f}, format followed {summary.format_rate:.3f}")
     return 0
@@ -331,12 +370,16 @@ def _sweep_table(report: dict) -> str:
 
 def cmd_serve(args) -> int:
     from corea.cascade import CascadeConfig
-    from corea.serve import ServePolicy, serve
+    from corea.serve import ServePolicy, default_config, serve
 
     try:
-        config = CascadeConfig.load(args.config)
+        config = CascadeConfig.load(args.config) if args.config else default_config()
     except ValueError as error:
         raise UsageError(str(error)) from error
+    if not args.config:
+        print("no --config: serving the embedded defaults, "
+              + " -> ".join(tier.model for tier in config.tiers)
+              + f" (threshold {config.tiers[0].threshold})", file=sys.stderr, flush=True)
     policy = ServePolicy(retries=args.retries, backoff_s=args.backoff, cooldown_s=args.cooldown,
                          max_new_tokens=args.max_tokens_limit)
     serve(config, args.host, args.port, policy, token=_token(args))
@@ -347,6 +390,13 @@ def cmd_serve(args) -> int:
 
 def cmd_bench(args) -> int:
     from corea.bench import BenchPlan, run_bench
+    if args.training_only:
+        from corea.ablation import RUNS_DIR, refresh_training_section
+
+        report = args.out or Path("benchmarks") / "REPORT.md"
+        card = embedded.shipped_adapters().get(embedded.TRAINED_SLM)
+        print("\n".join(refresh_training_section(report, args.traces, RUNS_DIR, card)))
+        return 0
     limit = args.limit or (20 if args.quick else 200)
     samples = args.samples if args.samples is not None else (3 if args.quick else 5)
     adapter = args.adapter
@@ -383,6 +433,27 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from corea.models import load_model
+    from corea.probe import Probe, fit_from_traces, score_trace
+
+    model = load_model(args.model, adapter=args.adapter, backend="transformers")
+    if args.action == "fit":
+        if not args.out:
+            raise UsageError("probe fit needs --out PROBE.json")
+        probe = fit_from_traces(model, args.trace, args.out, few_shot=not args.zero_shot,
+                                progress=not args.quiet)
+        print(f"{args.out}: fitted on {probe.meta['rows']} replies ({probe.meta['right']} right)")
+        return 0
+    if not args.probe:
+        raise UsageError("probe score needs --probe PROBE.json")
+    probe = Probe.load(args.probe)
+    for path in args.trace:
+        rows = score_trace(model, probe, path, progress=not args.quiet)
+        print(f"{path}: {len(rows)} rows scored (column 'probe')")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -412,6 +483,20 @@ def build_parser() -> argparse.ArgumentParser:
                      default="exact", help="the answer-format hint added to the question: numeric, "
                                            "yesno, choice, or exact for none (default: %(default)s)")
     ask.add_argument("--json", action="store_true", help="print the result as JSON")
+    ask.add_argument("--routing", choices=("question", "step"), default="question",
+                     help="question: a tier answers the whole question (default); step: the SLM "
+                          "drafts each reasoning step and the LLM writes the steps whose score "
+                          "is below the threshold (corea.steps)")
+    ask.add_argument("--step-router", choices=("threshold", "gmm", "learned"),
+                     default="threshold",
+                     help="with --routing step: the step score (default: %(default)s, the "
+                          "step's mean token probability)")
+    ask.add_argument("--memory", metavar="PATH",
+                     help="a strategy store (SQLite file, created if new, or postgresql:// URL): "
+                          "similar questions' strategies go into the SLM's prompt as quoted "
+                          "data, and a deferred question's LLM answer may add one")
+    ask.add_argument("--namespace", default=None,
+                     help="the store's namespace (default: the config's, else 'default')")
     _add_model_options(ask)
     _add_generation_options(ask)
     ask.set_defaults(handler=cmd_ask)
@@ -431,7 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--out", type=Path, required=True, help="the trace table to write (.jsonl)")
     trace.add_argument("--batch-size", type=int, default=8,
                        help="questions generated together (default: %(default)s)")
-    trace.add_argument("--zero-shot", action="store_true", help="leave out the worked examples")
+    trace.add_argument("--zero-shot", action="store_true",
+                       help="leave out the worked examples (a model trained zero-shot leaves "
+                            "them out by itself)")
     trace.add_argument("--logprobs", action="store_true",
                        help="also record token-probability confidence signals")
     trace.add_argument("--price-in", type=float, help="USD per 1M input tokens for this model")
@@ -502,8 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve the cascade as an OpenAI-compatible chat API",
         description="POST /v1/chat/completions (streaming and not), GET /v1/models, GET /health. "
                     "Point any OpenAI client at http://HOST:PORT/v1.")
-    serve_parser.add_argument("--config", type=Path, required=True,
-                              help="the cascade config JSON (as the app's threshold tuning exports)")
+    serve_parser.add_argument("--config", type=Path,
+                              help="the cascade config JSON (as the app's threshold tuning "
+                                   "exports; examples in configs/); default: the embedded pair, "
+                                   "threshold 0.8")
     serve_parser.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
     serve_parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     serve_parser.add_argument("--retries", type=int, default=2,
@@ -534,6 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, help="the report (default: benchmarks/REPORT.md, "
                                                 "or benchmarks/quick/REPORT.md with --quick)")
     bench.add_argument("--max-new-tokens", type=int, default=GenerationConfig.max_new_tokens)
+    bench.add_argument("--training-only", action="store_true",
+                       help="only rewrite the report's training ablation section and the trained "
+                            "SLM's model card, from the trace tables (seconds)")
     bench.set_defaults(handler=cmd_bench)
 
     models = commands.add_parser("models", help="list the embedded models and their prices")
@@ -542,6 +634,24 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=cmd_models)
     tasks = commands.add_parser("tasks", help="list the built-in tasks")
     tasks.set_defaults(handler=cmd_tasks)
+    probe = commands.add_parser(
+        "probe", help="the hidden-state probe signal: fit it on training traces, score traces",
+        description="fit: a logistic regression of correctness on the SLM's last hidden state, "
+                    "from trace tables of training questions. score: add its 'probe' column to "
+                    "trace tables, which `sweep --signal probe` reads.")
+    probe.add_argument("action", choices=("fit", "score"))
+    probe.add_argument("--model", default="smollm2", help="the SLM (default: %(default)s)")
+    probe.add_argument("--adapter", help="its PEFT adapter directory")
+    probe.add_argument("--trace", type=Path, nargs="+", required=True, help="trace table(s)")
+    probe.add_argument("--out", type=Path, help="fit: where the probe goes (.json)")
+    probe.add_argument("--probe", type=Path, help="score: a probe written by fit")
+    probe.add_argument("--zero-shot", action="store_true",
+                       help="fit: the traces were made without the worked examples")
+    probe.add_argument("--quiet", action="store_true", help="no progress bar")
+    probe.set_defaults(handler=cmd_probe)
+    from corea.memory_cli import add_commands  # memory and bench-memory
+
+    add_commands(commands)
     return parser
 
 

@@ -132,6 +132,11 @@ EMBEDDED_MODELS = {
 DEFAULT_SLM = "smollm2-135m"
 DEFAULT_LLM = "qwen2.5-coder-1.5b"
 
+# The trained small model that ships with the project (adapters/<name>, with its model card): the
+# default SLM of ask, serve and the app, in place of the untrained one, which stays selectable as
+# `smollm2`. See benchmarks/REPORT.md for what it measured against the untrained model.
+TRAINED_SLM = "smollm2-135m-calibrated"
+
 # Calibrated adapters that ship with the project, each a folder with adapter_config.json; they are
 # named by their folder (`smollm2-calibrated`) wherever a model is named.
 SHIPPED_ADAPTERS_DIR = Path(__file__).resolve().parents[1] / "adapters"
@@ -149,6 +154,42 @@ def shipped_adapters() -> dict[str, Path]:
         return {}
     return {p.name: p for p in sorted(SHIPPED_ADAPTERS_DIR.iterdir())
             if (p / "adapter_config.json").is_file()}
+
+
+def adapter_serving(adapter_dir: Path) -> dict:
+    """How a shipped or trained adapter wants to be served (its corea.json, written by
+    `python -m training`): for now whether its prompt carries the worked examples."""
+    path = Path(adapter_dir) / "corea.json"
+    if not path.is_file():
+        return {}
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+
+
+def merged_gguf(base: EmbeddedModel, adapter_dir: Path) -> Path:
+    """The embedded GGUF with a LoRA adapter merged in, for llama.cpp: built once from the
+    installed base and the adapter (corea.gguf_merge), cached under a digest of the adapter's
+    weights so a changed adapter is merged anew."""
+    adapter_dir = Path(adapter_dir)
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        digest.update((adapter_dir / name).read_bytes())
+    target = cache_dir() / f"{base.name}+{adapter_dir.name}-{digest.hexdigest()[:12]}.gguf"
+    if not target.is_file():
+        from corea.gguf_merge import merge_lora_into_gguf
+
+        merge_lora_into_gguf(base.locate(), adapter_dir, target)
+    return target
+
+
+def default_slm() -> str:
+    """The SLM a cascade starts with when none is named: the shipped trained model, or the
+    untrained embedded one where the adapter is missing."""
+    return TRAINED_SLM if TRAINED_SLM in shipped_adapters() else DEFAULT_SLM
 
 
 def resolve_embedded(name: str) -> EmbeddedModel | None:

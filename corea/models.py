@@ -24,9 +24,10 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from corea import embedded
+from corea.stopping import cut_reply, find_stop, stop_of, stops_early
 
 BACKENDS = ("auto", "llama.cpp", "transformers")
 TOKEN_ENV_VARS = ("COREA_API_TOKEN", "HF_TOKEN")
@@ -46,6 +47,10 @@ class Generation:
     # Per generated token: (text, log-probability, runner-up's log-probability); backends that
     # were asked for log-probabilities fill it (the confidence signals in corea.signals read it).
     token_logprobs: tuple[tuple[str, float, float | None], ...] | None = None
+    # Why the reply ended: "stop" (end of sequence, a stop sequence, or the protocol's last line),
+    # "length" (max_new_tokens), "repetition" (cut because it repeated itself: a format failure);
+    # None where the backend did not say.
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,12 +59,30 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    # The reply ends before the first of these (OpenAI's `stop`).
+    stop: tuple[str, ...] = ()
+    # The reply ends after its Confidence line, and one that repeats itself is cut (a format
+    # failure); see corea.stopping. Off here, so a plain call runs to end of sequence as the trace
+    # tables were made; cascades (ask, serve, the app) turn it on.
+    stop_when_done: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError("stop sequences must be non-empty strings")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
 
 
 class Model(ABC):
     """A chat model: conversations in, generations (text + token counts + time) out."""
 
     name: str
+    # Whether corea's two worked examples go into this model's prompt. A model fine-tuned to
+    # answer zero-shot says so in its adapter's corea.json, and is then served without them.
+    few_shot: bool = True
 
     @abstractmethod
     def generate(self, conversations: list[list[dict]],
@@ -71,11 +94,36 @@ class Model(ABC):
         """Snapshots of a growing generation (`done=False`), ending with the full one."""
         yield self.generate([messages], config)[0]
 
+    def continue_reply(self, messages: list[dict], prefix: str,
+                       config: GenerationConfig = GenerationConfig(),
+                       step_end: "Callable[[str], int | None] | None" = None) -> Generation:
+        """Go on writing the assistant's reply to `messages` from `prefix` (reply text so far,
+        possibly another model's). With `step_end`, generation stops as soon as it finds the end
+        of a step in the new text (it returns where to cut) and the text is cut there;
+        `completion_tokens` counts every token generated, the cut-off ones too (they were paid).
+        Step-level routing (corea.steps) is built on this call."""
+        raise ModelError(f"{self.name} cannot continue a partial reply on this backend")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
 
 TokenLogprobs = tuple[tuple[str, float, "float | None"], ...]
+
+
+def cut_generation(text: str, token_logprobs, step_end) -> tuple[str, "TokenLogprobs | None"]:
+    """`text` cut where `step_end` says a step ends (unchanged when it says nothing), and the
+    token rows that start before the cut."""
+    cut = step_end(text) if step_end else None
+    if cut is None:
+        return text, token_logprobs
+    rows, position = [], 0
+    for row in token_logprobs or ():
+        if position >= cut:
+            break
+        rows.append(row)
+        position += len(row[0])
+    return text[:cut], tuple(rows) if token_logprobs is not None else None
 
 
 def openai_token_logprobs(logprobs) -> TokenLogprobs | None:
@@ -121,12 +169,36 @@ class LlamaCppModel(Model):
 
     def _completion(self, messages: list[dict], config: GenerationConfig, stream: bool):
         extra = {"logprobs": True, "top_logprobs": 2} if self.logprobs else {}
+        if config.stop:
+            extra["stop"] = list(config.stop)
+        self._forget()
         return self._llm.create_chat_completion(
             messages=messages, max_tokens=config.max_new_tokens, temperature=config.temperature,
             top_p=config.top_p, seed=config.seed, stream=stream, **extra,
         )
 
+    def _forget(self) -> None:
+        """Empty the KV cache before a call (under the lock), so that a reply depends only on its
+        request and never on the calls before it.
+
+        llama-cpp-python keeps the previous call's cache and evaluates only what a new prompt does
+        not share with it: for the same prompt again, its last token alone; after another question
+        with the same system prompt and worked examples, the new question's tokens alone. Those
+        are other batch shapes, and llama.cpp's kernels do not give bit-identical logits across
+        batch shapes; greedy decoding of a small quantized model then flips wherever two tokens
+        are nearly tied, so the same greedy request answered differently depending on what was
+        asked before (a stream after a whole reply to the same question, say). Evaluating every
+        prompt whole, from an empty cache, costs its prompt evaluation once per call."""
+        import llama_cpp
+
+        self._llm.reset()
+        memory = llama_cpp.llama_get_memory(self._llm.ctx)
+        if memory is not None:
+            llama_cpp.llama_memory_clear(memory, True)
+
     def generate(self, conversations, config=GenerationConfig()):
+        if stops_early(config):  # watched token by token: the streamed path, whole
+            return [list(self.stream(messages, config))[-1] for messages in conversations]
         results = []
         for messages in conversations:
             with self._lock:
@@ -140,26 +212,39 @@ class LlamaCppModel(Model):
                 prompt_tokens=usage["prompt_tokens"],
                 completion_tokens=usage["completion_tokens"], latency_s=elapsed,
                 token_logprobs=openai_token_logprobs(choice.get("logprobs")),
+                finish_reason=choice.get("finish_reason"),
             ))
         return results
 
     def stream(self, messages, config=GenerationConfig()):
+        options = stop_of(config)
         with self._lock:
             start = time.perf_counter()
-            text, pieces, token_logprobs = "", 0, []
-            for chunk in self._completion(messages, config, stream=True):
-                delta = chunk["choices"][0]["delta"].get("content") or ""
-                token_logprobs += openai_token_logprobs(chunk["choices"][0].get("logprobs")) or ()
+            text, pieces, token_logprobs, stopped, finish = "", 0, [], None, None
+            chunks = self._completion(messages, config, stream=True)
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                finish = choice.get("finish_reason") or finish
+                delta = choice["delta"].get("content") or ""
+                token_logprobs += openai_token_logprobs(choice.get("logprobs")) or ()
                 if delta:
                     text += delta
                     pieces += 1
+                    stopped = find_stop(text, **options)
+                    if stopped is not None:
+                        chunks.close()  # the reply is over: generate no further token
+                        break
                     yield Generation(text, 0, pieces, time.perf_counter() - start, done=False)
             elapsed = time.perf_counter() - start
             # The stream carries no usage; count the tokens the way the server would have.
             prompt_tokens = self._count_prompt_tokens(messages)
             completion_tokens = len(self._llm.tokenize(text.encode(), add_bos=False, special=True))
+        token_logprobs = tuple(token_logprobs) if self.logprobs else None
+        if stopped is not None:
+            text, token_logprobs = cut_generation(text, token_logprobs, lambda _: stopped.cut)
+            finish = stopped.reason
         yield Generation(text, prompt_tokens, completion_tokens, elapsed,
-                         token_logprobs=tuple(token_logprobs) if self.logprobs else None)
+                         token_logprobs=token_logprobs, finish_reason=finish)
 
     def _count_prompt_tokens(self, messages: list[dict]) -> int:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -177,6 +262,43 @@ class LlamaCppModel(Model):
     def _token_text(self, token_id: int) -> str:
         return self._llm.detokenize([token_id], special=True).decode(errors="ignore") \
             if token_id >= 0 else ""
+
+    def continue_reply(self, messages, prefix, config=GenerationConfig(), step_end=None):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError(f"{self.name} has no chat template: it cannot continue a reply")
+        formatter = Jinja2ChatFormatter(
+            template=template, eos_token=self._token_text(self._llm.token_eos()),
+            bos_token=self._token_text(self._llm.token_bos()))
+        prompt = formatter(messages=messages).prompt + prefix
+        extra = {"logprobs": 2} if self.logprobs else {}
+        with self._lock:
+            start = time.perf_counter()
+            text, rows = "", []
+            # Streamed so that generation stops at the step's end instead of the reply's.
+            for chunk in self._llm.create_completion(
+                    prompt, max_tokens=config.max_new_tokens, temperature=config.temperature,
+                    top_p=config.top_p, seed=config.seed, stream=True, **extra):
+                choice = chunk["choices"][0]
+                text += choice["text"]
+                found = choice.get("logprobs") or {}
+                for token, logprob, top in zip(found.get("tokens") or [],
+                                               found.get("token_logprobs") or [],
+                                               found.get("top_logprobs") or []):
+                    others = [value for name, value in (top or {}).items() if name != token]
+                    rows.append((token, float(logprob), max(others) if others else None))
+                if step_end and step_end(text) is not None:
+                    break
+            elapsed = time.perf_counter() - start
+            prompt_tokens = len(self._llm.tokenize(prompt.encode(), add_bos=False, special=True))
+            completion_tokens = len(rows) if self.logprobs else len(
+                self._llm.tokenize(text.encode(), add_bos=False, special=True))
+        text, token_logprobs = cut_generation(text, tuple(rows) if self.logprobs else None,
+                                              step_end)
+        return Generation(text, prompt_tokens, completion_tokens, elapsed,
+                          token_logprobs=token_logprobs)
 
 
 # ------------------------------------------------------------------------------------ transformers
@@ -222,15 +344,50 @@ class TransformersModel(Model):
         return self.tokenizer(prompts, return_tensors="pt", padding=True,
                               add_special_tokens=False).to(self.device)
 
-    def _generate_kwargs(self, config: GenerationConfig) -> dict:
+    def _generate_kwargs(self, config: GenerationConfig, prompt_length: int | None = None) -> dict:
         kwargs = {"max_new_tokens": config.max_new_tokens,
                   "pad_token_id": self.tokenizer.pad_token_id,
                   "return_dict_in_generate": True, "output_scores": self.logprobs}
+        if prompt_length is not None and stops_early(config):
+            kwargs["stopping_criteria"] = self._stopping(config, prompt_length)
         if config.temperature > 0:
             kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
+
+    def _stopping(self, config: GenerationConfig, prompt_length: int):
+        """Ends each row of a batch where corea.stopping says its reply is over."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tokenizer, options = self.tokenizer, stop_of(config)
+
+        class ReplyOver(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                over = [find_stop(tokenizer.decode(row[prompt_length:], skip_special_tokens=True),
+                                  **options) is not None for row in input_ids]
+                return torch.tensor(over, dtype=torch.bool, device=input_ids.device)
+
+        return StoppingCriteriaList([ReplyOver()])
+
+    def _finish(self, completion: list[int], scores, row: int, config: GenerationConfig,
+                prompt_tokens: int, elapsed: float) -> Generation:
+        """One row's Generation from its generated ids: cut where its reply was over."""
+        stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
+        length = next((i for i, t in enumerate(completion) if t in stop_ids), len(completion))
+        text = self.tokenizer.decode(completion[:length], skip_special_tokens=True)
+        token_logprobs = self._token_logprobs(scores, row, completion[:length])
+        stopped = find_stop(text, **stop_of(config))
+        if stopped is not None:
+            text, token_logprobs = cut_generation(text, token_logprobs, lambda _: stopped.cut)
+            finish, billed = stopped.reason, length
+        else:
+            finish = "length" if length >= config.max_new_tokens else "stop"
+            # An eos token counts as generated: it was produced and paid for.
+            billed = min(length + 1, len(completion))
+        return Generation(text, prompt_tokens, billed, elapsed, token_logprobs=token_logprobs,
+                          finish_reason=finish)
 
     def generate(self, conversations, config=GenerationConfig()):
         import torch
@@ -241,24 +398,15 @@ class TransformersModel(Model):
             if config.temperature > 0:
                 torch.manual_seed(config.seed)
             batch = self._encode(conversations)
+            prompt_length = batch["input_ids"].shape[1]
             start = time.perf_counter()
-            output = self.model.generate(**batch, **self._generate_kwargs(config))
+            output = self.model.generate(**batch, **self._generate_kwargs(config, prompt_length))
             elapsed = time.perf_counter() - start
-        prompt_length = batch["input_ids"].shape[1]
-        stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
-        results = []
-        for index, (row, mask) in enumerate(zip(output.sequences, batch["attention_mask"])):
-            completion = row[prompt_length:].tolist()
-            length = next((i for i, t in enumerate(completion) if t in stop_ids), len(completion))
-            # An eos token counts as generated: it was produced and paid for.
-            billed = min(length + 1, len(completion))
-            results.append(Generation(
-                text=self.tokenizer.decode(completion[:length], skip_special_tokens=True),
-                prompt_tokens=int(mask.sum()), completion_tokens=billed,
-                latency_s=elapsed,  # a batch finishes together: each row waited this long
-                token_logprobs=self._token_logprobs(output.scores, index, completion[:length]),
-            ))
-        return results
+        # A batch finishes together: each row waited `elapsed`.
+        return [self._finish(row[prompt_length:].tolist(), output.scores, index, config,
+                             int(mask.sum()), elapsed)
+                for index, (row, mask) in enumerate(zip(output.sequences,
+                                                        batch["attention_mask"]))]
 
     def _token_logprobs(self, scores, row: int, ids: list[int]) -> TokenLogprobs | None:
         """(text, log-probability, runner-up's) per generated token, from generate()'s scores.
@@ -286,6 +434,7 @@ class TransformersModel(Model):
 
         with self._lock:
             batch = self._encode([messages])
+            prompt_length = batch["input_ids"].shape[1]
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
                                             skip_special_tokens=True)
             start = time.perf_counter()
@@ -293,8 +442,10 @@ class TransformersModel(Model):
 
             def run():
                 with torch.inference_mode():
-                    output["ids"] = self.model.generate(**batch, streamer=streamer,
-                                                        **self._generate_kwargs(config))
+                    if config.temperature > 0:  # seeded as generate() is: the same sample
+                        torch.manual_seed(config.seed)
+                    output["ids"] = self.model.generate(
+                        **batch, streamer=streamer, **self._generate_kwargs(config, prompt_length))
 
             worker = threading.Thread(target=run, daemon=True)
             worker.start()
@@ -303,15 +454,43 @@ class TransformersModel(Model):
                 text += piece
                 yield Generation(text, 0, 0, time.perf_counter() - start, done=False)
             worker.join()
-        completion = output["ids"].sequences[0][batch["input_ids"].shape[1]:].tolist()
+        yield self._finish(output["ids"].sequences[0][prompt_length:].tolist(),
+                           output["ids"].scores, 0, config, int(batch["attention_mask"].sum()),
+                           time.perf_counter() - start)
+
+
+    def continue_reply(self, messages, prefix, config=GenerationConfig(), step_end=None):
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                    add_generation_prompt=True) + prefix
+        batch = self.tokenizer([prompt], return_tensors="pt",
+                               add_special_tokens=False).to(self.device)
+        length, tokenizer = batch["input_ids"].shape[1], self.tokenizer
+
+        class AtStepEnd(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                text = tokenizer.decode(input_ids[0, length:], skip_special_tokens=True)
+                found = step_end is not None and step_end(text) is not None
+                return torch.full((input_ids.shape[0],), found, dtype=torch.bool,
+                                  device=input_ids.device)
+
+        with self._lock, torch.inference_mode():
+            if config.temperature > 0:
+                torch.manual_seed(config.seed)
+            start = time.perf_counter()
+            output = self.model.generate(**batch, stopping_criteria=StoppingCriteriaList(
+                [AtStepEnd()]), **self._generate_kwargs(config))
+            elapsed = time.perf_counter() - start
+        completion = output.sequences[0][length:].tolist()
         stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
-        length = next((i for i, t in enumerate(completion) if t in stop_ids), len(completion))
-        completion_tokens = len([t for t in completion if t != self.tokenizer.pad_token_id]) \
-            or len(completion)
-        yield Generation(text, int(batch["attention_mask"].sum()), completion_tokens,
-                         time.perf_counter() - start,
-                         token_logprobs=self._token_logprobs(output["ids"].scores, 0,
-                                                             completion[:length]))
+        end = next((i for i, t in enumerate(completion) if t in stop_ids), len(completion))
+        text = self.tokenizer.decode(completion[:end], skip_special_tokens=True)
+        text, token_logprobs = cut_generation(
+            text, self._token_logprobs(output.scores, 0, completion[:end]), step_end)
+        return Generation(text, length, min(end + 1, len(completion)), elapsed,
+                          token_logprobs=token_logprobs)
 
 
 # ------------------------------------------------------------------------ OpenAI-compatible endpoint
@@ -336,6 +515,8 @@ class EndpointModel(Model):
     def _call(self, messages: list[dict], config: GenerationConfig, **extra):
         if self.logprobs:
             extra.update(logprobs=True, top_logprobs=2)
+        if config.stop:
+            extra["stop"] = list(config.stop)
         try:
             return self._client.chat_completion(
                 messages=messages, model=self.model_id, max_tokens=config.max_new_tokens,
@@ -350,13 +531,38 @@ class EndpointModel(Model):
         response = self._call(messages, config)
         elapsed = time.perf_counter() - start
         usage = response.usage
-        return Generation(
-            text=response.choices[0].message.content or "",
-            prompt_tokens=int(usage.prompt_tokens) if usage else 0,
-            completion_tokens=int(usage.completion_tokens) if usage else 0,
-            latency_s=elapsed,
-            token_logprobs=openai_token_logprobs(response.choices[0].logprobs),
-        )
+        return self._finish(response.choices[0].message.content or "",
+                            int(usage.prompt_tokens) if usage else 0,
+                            int(usage.completion_tokens) if usage else 0, elapsed,
+                            openai_token_logprobs(response.choices[0].logprobs),
+                            response.choices[0].finish_reason, config)
+
+    @staticmethod
+    def _finish(text, prompt_tokens, completion_tokens, elapsed, token_logprobs, finish,
+                config: GenerationConfig) -> Generation:
+        """The reply cut where corea.stopping ends it. The server was not watched token by token,
+        so it may have written (and billed) more than is kept."""
+        kept, reason = cut_reply(text, config)
+        if reason is not None:
+            text, token_logprobs = cut_generation(text, token_logprobs, lambda _: len(kept))
+            finish = reason
+        return Generation(text, prompt_tokens, completion_tokens, elapsed,
+                          token_logprobs=token_logprobs, finish_reason=finish)
+
+    def continue_reply(self, messages, prefix, config=GenerationConfig(), step_end=None):
+        # vLLM continues a final assistant message when asked to; servers that cannot, fail
+        # here with a ModelError, which step routing treats as the tier failing.
+        start = time.perf_counter()
+        response = self._call(messages + [{"role": "assistant", "content": prefix}], config,
+                              extra_body={"continue_final_message": True,
+                                          "add_generation_prompt": False})
+        usage = response.usage
+        text, token_logprobs = cut_generation(
+            response.choices[0].message.content or "",
+            openai_token_logprobs(response.choices[0].logprobs), step_end)
+        return Generation(text, int(usage.prompt_tokens) if usage else 0,
+                          int(usage.completion_tokens) if usage else 0,
+                          time.perf_counter() - start, token_logprobs=token_logprobs)
 
     def generate(self, conversations, config=GenerationConfig()):
         if len(conversations) <= 1 or self.concurrency <= 1:
@@ -366,26 +572,32 @@ class EndpointModel(Model):
 
     def stream(self, messages, config=GenerationConfig()):
         start = time.perf_counter()
-        text, usage, token_logprobs = "", None, []
+        text, usage, token_logprobs, pieces, finish = "", None, [], 0, None
         chunks = self._call(messages, config, stream=True, stream_options={"include_usage": True})
         try:
             for chunk in chunks:
                 if chunk.choices:
                     token_logprobs += openai_token_logprobs(chunk.choices[0].logprobs) or ()
+                    finish = chunk.choices[0].finish_reason or finish
                 if chunk.choices and chunk.choices[0].delta.content:
                     text += chunk.choices[0].delta.content
+                    pieces += 1
                     yield Generation(text, 0, 0, time.perf_counter() - start, done=False)
                 if getattr(chunk, "usage", None):
                     usage = chunk.usage
         except Exception as error:
             raise ModelError(f"endpoint {self.base_url} failed while streaming: {error}") from error
-        if usage is None:  # servers that ignore include_usage: ask once more, without streaming
-            final = self._one(messages, config)
-            yield replace(final, latency_s=time.perf_counter() - start)
-            return
-        yield Generation(text, int(usage.prompt_tokens), int(usage.completion_tokens),
-                         time.perf_counter() - start,
-                         token_logprobs=tuple(token_logprobs) if self.logprobs else None)
+        if usage is not None:
+            prompt_tokens, completion_tokens = int(usage.prompt_tokens), int(usage.completion_tokens)
+        else:
+            # Servers that ignore include_usage (llama.cpp's) send one token per chunk, and count
+            # the prompt for a one-token request. The reply is the one streamed: asking for the
+            # whole reply again could get another text, since such a server answers a prompt it
+            # has just evaluated from its cache (see LlamaCppModel._forget).
+            prompt_tokens = self._one(messages, replace(config, max_new_tokens=1)).prompt_tokens
+            completion_tokens = pieces
+        yield self._finish(text, prompt_tokens, completion_tokens, time.perf_counter() - start,
+                           tuple(token_logprobs) if self.logprobs else None, finish, config)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -465,9 +677,18 @@ def _load_adapter_dir(path: Path, backend: str, logprobs: bool = False) -> Model
         or embedded.resolve_embedded(base)
     if found is not None:  # the embedded copy offline; its Hub checkpoint where it is not installed
         base = found.name if found.installed() else found.hub_id
-    model = load_model(base, adapter=path, backend="transformers" if backend == "auto" else backend,
-                       logprobs=logprobs)
-    model.name = f"{model.name}+{path.name}"
+    serving = embedded.adapter_serving(path)
+    if found is not None and found.installed() and backend in ("auto", "llama.cpp") \
+            and _has_llama_cpp():
+        # On llama.cpp the adapter is merged into the embedded GGUF once (cached): full speed.
+        model = LlamaCppModel(embedded.merged_gguf(found, path), name=f"{found.name}+{path.name}",
+                              logprobs=logprobs)
+    else:
+        model = load_model(base, adapter=path,
+                           backend="transformers" if backend == "auto" else backend,
+                           logprobs=logprobs)
+        model.name = f"{model.name}+{path.name}"
+    model.few_shot = serving.get("few_shot", True)
     return model
 
 

@@ -28,9 +28,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corea.cascade import Cascade, CascadeConfig, TierStep
+from corea.cascade import Cascade, CascadeConfig, CascadeResult, TierSpec, TierStep
 from corea.models import Generation, GenerationConfig, ModelError
-from corea.protocol import MAX_QUESTION_CHARS, build_messages
+from corea.protocol import MAX_QUESTION_CHARS
 
 SERVED_MODEL = "corea-cascade"
 MAX_BODY_BYTES = 256 * 1024
@@ -48,22 +48,74 @@ class ServePolicy:
 
 # ------------------------------------------------------------------------------ request and errors
 
+MAX_CHOICES = 8
+MAX_STOP_SEQUENCES = 4  # as OpenAI's API
+MAX_SEED = 2**32 - 1  # llama.cpp's seeds are 32-bit
+
+
+class TextPart(BaseModel):
+    """A content part as OpenAI clients send it: only text can be a question here."""
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_QUESTION_CHARS * 4)
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | None = Field(default=None, max_length=MAX_QUESTION_CHARS * 4)
+    content: str | list[TextPart] | None = Field(default=None, max_length=MAX_QUESTION_CHARS * 4)
+    name: str | None = Field(default=None, max_length=256)  # a participant's name: no effect
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # text parts join as OpenAI joins them
+            return "\n".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False  # the last chunk always carries usage; asking for it changes nothing
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Every field of OpenAI's chat API that is not below is refused by name (400), never dropped.
+    model_config = ConfigDict(extra="forbid")
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    model: str | None = None
+    model: str | None = Field(default=None, max_length=256)  # any name: the cascade answers
     stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    stop: str | list[str] | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    user: str | None = Field(default=None, max_length=256)  # an end-user id: no effect
+    # Accepted only at the value that changes nothing, refused otherwise (corea cannot do them).
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict | None = None
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    store: bool | None = None
+
+
+UNSUPPORTED = {  # field: (the value that is accepted, why any other is refused)
+    "logprobs": (False, "token log-probabilities of the cascade's answer are not returned"),
+    "top_logprobs": (0, "token log-probabilities of the cascade's answer are not returned"),
+    "frequency_penalty": (0, "the tiers decode without penalties"),
+    "presence_penalty": (0, "the tiers decode without penalties"),
+    "logit_bias": ({}, "the tiers are different models with different vocabularies"),
+    "tools": ([], "tool calls are not supported"),
+    "tool_choice": ("none", "tool calls are not supported"),
+    "parallel_tool_calls": (False, "tool calls are not supported"),
+    "store": (False, "nothing is stored"),
+}
 
 
 class ApiError(Exception):
@@ -116,7 +168,8 @@ class CascadeService:
         wait = self.policy.backoff_s
         for attempt in range(self.policy.retries + 1):
             try:
-                generation = tier.model.generate([messages], config)[0]
+                generation = tier.model.generate(
+                    [messages], self.cascade.tier_generation(index, config))[0]
             except ModelError:
                 health.record(False, self.policy)
                 if attempt == self.policy.retries or not health.available():
@@ -150,10 +203,11 @@ class CascadeService:
         A tier whose answer may yet be deferred is not streamed; the tier that answers is: a kept
         first-tier answer is sent as it stood, a deferred question streams the last tier live
         (`live=False` calls every tier whole)."""
-        messages = build_messages(question)
+        recall = self.cascade.recall([question])[0]  # None without a strategy memory
         steps, failed = [], []
         last = len(self.cascade.tiers) - 1
         for index in range(len(self.cascade.tiers)):
+            messages = self.cascade.tier_messages(index, question, None, recall)
             sent = 0
             if not live or index < last or not self.health[index].available():
                 generation = self._call(index, messages, config)
@@ -171,14 +225,29 @@ class CascadeService:
         result = self._result(steps, failed)
         if result["fallback"]:
             yield "delta", result["final"].generation.text
+        result["memory"] = self._memory(question, steps, recall)
         yield "result", result
+
+    def _memory(self, question: str, steps: list[TierStep], recall) -> dict | None:
+        """The strategies the SLM was given, and what a deferral taught the store."""
+        if recall is None:
+            return None
+        answered = CascadeResult(question, list(steps), strategies=recall.ids,
+                                 memory_note=recall.note)
+        self.cascade.learn(answered)
+        lesson = answered.lesson
+        return {"strategies": recall.ids, "note": answered.memory_note,
+                "strategy_cost": answered.memory_cost,
+                "lesson": None if lesson is None else {"reason": lesson.reason,
+                                                       "stored_id": lesson.stored_id}}
 
     def _stream_last(self, index: int, messages: list[dict], config: GenerationConfig):
         """Stream the last tier live; returns (its generation or None, characters already sent)."""
         tier, health = self.cascade.tiers[index], self.health[index]
         sent = ""
         try:
-            for generation in tier.model.stream(messages, config):
+            for generation in tier.model.stream(messages,
+                                                self.cascade.tier_generation(index, config)):
                 if generation.done:
                     health.record(True, self.policy)
                     return generation, len(sent)
@@ -194,17 +263,44 @@ class CascadeService:
 # ---------------------------------------------------------------------------------------- the app
 
 def _question(request: ChatRequest) -> str:
-    users = [m for m in request.messages if m.role == "user" and (m.content or "").strip()]
+    users = [m for m in request.messages if m.role == "user" and m.text().strip()]
     if not users:
         raise ApiError(400, "messages need at least one non-empty user message", param="messages")
-    question = users[-1].content.strip()
+    question = users[-1].text().strip()
     if len(question) > MAX_QUESTION_CHARS:
         raise ApiError(400, f"the last user message is {len(question)} characters; the limit is "
                             f"{MAX_QUESTION_CHARS}", param="messages")
     return question
 
 
+def _refuse_unsupported(request: ChatRequest) -> None:
+    """A field corea cannot honour is refused by name unless it asks for nothing."""
+    for name, (neutral, why) in UNSUPPORTED.items():
+        value = getattr(request, name)
+        if value is not None and value != neutral:
+            raise ApiError(400, f"{name}: only {json.dumps(neutral)} is supported ({why})",
+                           param=name)
+    if request.response_format is not None and request.response_format != {"type": "text"}:
+        raise ApiError(400, 'response_format: only {"type": "text"} is supported (the reply is '
+                            "corea's reasoning, answer and confidence)", param="response_format")
+
+
+def _stop_sequences(stop) -> tuple[str, ...]:
+    sequences = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if len(sequences) > MAX_STOP_SEQUENCES:
+        raise ApiError(400, f"stop: at most {MAX_STOP_SEQUENCES} sequences, got {len(sequences)}",
+                       param="stop")
+    if not all(sequences):
+        raise ApiError(400, "stop: a stop sequence cannot be empty", param="stop")
+    if any(len(sequence) > 256 for sequence in sequences):
+        raise ApiError(400, "stop: a stop sequence is at most 256 characters", param="stop")
+    return sequences
+
+
 def _generation_config(request: ChatRequest, base: GenerationConfig, policy: ServePolicy):
+    _refuse_unsupported(request)
+    if request.stop is not None:
+        base = replace(base, stop=_stop_sequences(request.stop))
     asked = request.max_completion_tokens or request.max_tokens
     if asked is not None and asked > policy.max_new_tokens:
         raise ApiError(400, f"max_tokens {asked} is over this server's limit of "
@@ -227,12 +323,19 @@ def _corea_field(result: dict) -> dict:
         "cost": sum(step.cost for step in result["steps"]),
         "tiers": [{"tier": s.tier, "model": s.model, "confidence": s.confidence, "signal": s.signal,
                    "decision": s.decision, "cost": s.cost} for s in result["steps"]],
+        **({"memory": result["memory"]} if result.get("memory") else {}),
     }
 
 
-def _usage(result: dict) -> dict:
-    prompt = sum(s.generation.prompt_tokens for s in result["steps"])
-    completion = sum(s.generation.completion_tokens for s in result["steps"])
+def _finish_reason(result: dict) -> str:
+    """OpenAI's: "length" when the answering tier ran out of tokens, else "stop"."""
+    return "length" if result["final"].generation.finish_reason == "length" else "stop"
+
+
+def _usage(*results: dict) -> dict:
+    steps = [step for result in results for step in result["steps"]]
+    prompt = sum(s.generation.prompt_tokens for s in steps)
+    completion = sum(s.generation.completion_tokens for s in steps)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
 
@@ -257,9 +360,14 @@ def create_app(cascade: Cascade, policy: ServePolicy = ServePolicy()) -> FastAPI
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, error: RequestValidationError):
-        first = error.errors()[0] if error.errors() else {}
+        # The deepest error is the most specific: for content given as a list, the part and
+        # field that is wrong rather than "not a string".
+        first = max(error.errors(), key=lambda e: len(e.get("loc", ())), default={})
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         message = f"{where or 'body'}: {first.get('msg', 'invalid request')}"
+        if first.get("type") == "extra_forbidden":
+            message = (f"{where}: corea's server does not support this field (it is refused "
+                       "rather than ignored)")
         return JSONResponse(error_body(message, "invalid_request_error", where or None),
                             status_code=400)
 
@@ -286,48 +394,73 @@ def create_app(cascade: Cascade, policy: ServePolicy = ServePolicy()) -> FastAPI
     def chat(request: ChatRequest):
         question = _question(request)
         config = _generation_config(request, cascade.generation, policy)
+        # n choices are n runs of the cascade, seeded seed, seed + 1, ...: greedy decoding
+        # (temperature 0) gives n copies of one reply, as OpenAI's API does.
+        configs = [replace(config, seed=(config.seed + i) % (MAX_SEED + 1))
+                   for i in range(request.n)]
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if request.stream:
-            return StreamingResponse(_sse(service, question, config, completion_id, created),
+            return StreamingResponse(_sse(service, question, configs, completion_id, created),
                                      media_type="text/event-stream")
-        result = service.answer(question, config)
-        final = result["final"]
+        results = [service.answer(question, c) for c in configs]
         return {
             "id": completion_id, "object": "chat.completion", "created": created,
             "model": SERVED_MODEL,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": final.generation.text}}],
-            "usage": _usage(result), "corea": _corea_field(result),
+            "choices": [{"index": i, "finish_reason": _finish_reason(result),
+                         "message": {"role": "assistant",
+                                     "content": result["final"].generation.text},
+                         **({"corea": _corea_field(result)} if request.n > 1 else {})}
+                        for i, result in enumerate(results)],
+            "usage": _usage(*results), "corea": _corea_field(results[0]),
         }
 
     return app
 
 
-def _sse(service: CascadeService, question: str, config: GenerationConfig, completion_id: str,
-         created: int) -> Iterator[str]:
-    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+def _sse(service: CascadeService, question: str, configs: list[GenerationConfig],
+         completion_id: str, created: int) -> Iterator[str]:
+    """The choices one after another, each ending with its corea field; the last one's end also
+    carries the usage of them all."""
+    def chunk(index: int, delta: dict, finish: str | None = None, **extra) -> str:
         body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
                 "model": SERVED_MODEL,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish}], **extra}
         return f"data: {json.dumps(body)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
+    results = []
     try:
-        for kind, value in service.stream(question, config):
-            if kind == "delta" and value:
-                yield chunk({"content": value})
-            elif kind == "result":
-                yield chunk({}, "stop", usage=_usage(value), corea=_corea_field(value))
+        for index, config in enumerate(configs):
+            yield chunk(index, {"role": "assistant", "content": ""})
+            for kind, value in service.stream(question, config):
+                if kind == "delta" and value:
+                    yield chunk(index, {"content": value})
+                elif kind == "result":
+                    results.append(value)
+                    last = len(results) == len(configs)
+                    yield chunk(index, {}, _finish_reason(value), corea=_corea_field(value),
+                                **({"usage": _usage(*results)} if last else {}))
     except ApiError as error:
         yield f"data: {json.dumps(error_body(error.message, error.kind))}\n\n"
     yield "data: [DONE]\n\n"
 
 
-def serve(config: CascadeConfig, host: str, port: int, policy: ServePolicy = ServePolicy(),
-          token: str | None = None) -> None:
+DEFAULT_THRESHOLD = 0.8
+
+
+def default_config() -> CascadeConfig:
+    """What `serve` runs without --config: the embedded pair, the SLM's answer kept when it states
+    a confidence of at least 0.8 (configs/default.json is this, written out)."""
+    from corea import embedded
+
+    return CascadeConfig((TierSpec(embedded.DEFAULT_SLM, DEFAULT_THRESHOLD),
+                          TierSpec(embedded.DEFAULT_LLM)))
+
+
+def serve(config: CascadeConfig | None, host: str, port: int,
+          policy: ServePolicy = ServePolicy(), token: str | None = None) -> None:
     import uvicorn
 
-    cascade = Cascade.from_config(config, token=token)
+    cascade = Cascade.from_config(config or default_config(), token=token)
     uvicorn.run(create_app(cascade, policy), host=host, port=port, log_level="info")
 

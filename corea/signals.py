@@ -80,7 +80,14 @@ def generation_confidence(signal: str, parsed: ParsedReply, text: str,
 # The deferral signals a trace table can be swept on. Token signals are columns of tables traced
 # with log-probabilities; `vote_share` needs sampled tables of the same questions; `oracle`
 # (1 when the SLM is right) is the upper bound no real signal can pass.
-SIGNALS = ("verbalized", "answer_probability", "first_token_margin", "vote_share", "oracle")
+SIGNALS = ("verbalized", "answer_probability", "first_token_margin", "probe", "vote_share",
+           "oracle")
+# Signals that are a column of the SLM's trace table, and how to get that column.
+COLUMN_SIGNALS = {
+    "answer_probability": "trace the SLM with token log-probabilities (--logprobs)",
+    "first_token_margin": "trace the SLM with token log-probabilities (--logprobs)",
+    "probe": "score the table with `python -m corea probe score` (the hidden-state probe)",
+}
 
 
 def with_signal(rows: list[dict], signal: str, *, samples: list[list[dict]] = (),
@@ -95,10 +102,8 @@ def with_signal(rows: list[dict], signal: str, *, samples: list[list[dict]] = ()
         raise ValueError(f"unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}")
     if signal == "verbalized":
         return rows
-    if signal in ("answer_probability", "first_token_margin") and rows and all(
-            signal not in row for row in rows):
-        raise ValueError(f"the trace has no {signal} column: trace the SLM with token "
-                         "log-probabilities (a llama.cpp or transformers model) to get it")
+    if signal in COLUMN_SIGNALS and rows and all(signal not in row for row in rows):
+        raise ValueError(f"the trace has no {signal} column: {COLUMN_SIGNALS[signal]}")
     if signal == "vote_share":
         if not samples:
             raise ValueError("vote_share needs sampled trace tables of the same questions")

@@ -1,7 +1,8 @@
 """Tasks: a data set, a prompt hint and an answer checker, nothing more.
 
 Built in (shipped inside the package, no network needed): `gsm8k`, `svamp`, `strategyqa`, and the
-generated `arith-1` .. `arith-5` (and `arith`, levels 1-3 mixed). Any local JSONL/JSON/CSV file or
+generated `arith-1` .. `arith-5`, `arith` (levels 1-3 mixed) and `arith-mix` (levels 1-5 in equal
+shares, with a fixed committed test split). Any local JSONL/JSON/CSV file or
 Hub data set (`hub:owner/name`) becomes a task with a column mapping.
 """
 
@@ -74,8 +75,13 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def gsm8k_rows(split: str) -> list[dict]:
+    """GSM8K as shipped: `question` and the worked `answer` ending with `#### N`."""
+    return _read_jsonl(_data_file("gsm8k", f"{split}.jsonl"))
+
+
 def _gsm8k(split: str, limit: int | None) -> list[Example]:
-    rows = _read_jsonl(_data_file("gsm8k", f"{split}.jsonl"))
+    rows = gsm8k_rows(split)
     return [
         Example(id=f"gsm8k-{split}-{i:05d}", question=row["question"],
                 gold=row["answer"].rsplit("####", 1)[1].strip().replace(",", ""))
@@ -117,6 +123,30 @@ def _arithmetic(levels: tuple[int, ...]) -> Callable[[str, int | None], list[Exa
     return load
 
 
+ARITH_MIX_LEVELS = (1, 2, 3, 4, 5)
+ARITH_MIX_TEST_SIZE = 300
+
+
+def _arith_mix(split: str, limit: int | None) -> list[Example]:
+    """Levels 1-5 interleaved. The test split is read from the committed file (a fixed benchmark
+    that a change to the generator cannot silently move); training questions are generated on
+    demand, as many as asked."""
+    if split == "train":
+        rows = _arithmetic(ARITH_MIX_LEVELS)(split, limit)
+        return [Example(id=f"arith-mix-{e.id}", question=e.question, gold=e.gold, meta=e.meta)
+                for e in rows]
+    rows = _read_jsonl(_data_file("arith-mix", "test.jsonl"))
+    return [Example(id=row["id"], question=row["question"], gold=row["gold"],
+                    meta={"level": row["level"]}) for row in rows]
+
+
+def arith_mix_test_rows(size: int = ARITH_MIX_TEST_SIZE) -> list[dict]:
+    """The rows of the committed arith-mix test split, as the generator makes them."""
+    return [{"id": f"arith-mix-{e.id}", "question": e.question, "gold": e.gold,
+             "level": e.meta["level"]}
+            for e in _arithmetic(ARITH_MIX_LEVELS)("test", size)]
+
+
 BUILTIN_TASKS: dict[str, Task] = {
     "gsm8k": Task("gsm8k", "numeric", ("train", "test"), "test", _gsm8k,
                   "grade-school math word problems (OpenAI, MIT)"),
@@ -126,6 +156,9 @@ BUILTIN_TASKS: dict[str, Task] = {
                        "yes/no questions needing implicit multi-step reasoning (MIT)"),
     "arith": Task("arith", "numeric", ("train", "test"), "test", _arithmetic((1, 2, 3)),
                   "generated arithmetic word problems, levels 1-3 interleaved"),
+    "arith-mix": Task("arith-mix", "numeric", ("train", "test"), "test", _arith_mix,
+                      "generated arithmetic word problems, levels 1-5 in equal shares; "
+                      f"{ARITH_MIX_TEST_SIZE} fixed test questions"),
 }
 for _level in arithmetic.LEVELS:
     BUILTIN_TASKS[f"arith-{_level}"] = Task(

@@ -37,13 +37,20 @@ class TraceError(ValueError):
 def setup_id(task: Task, config: GenerationConfig, few_shot: bool = True) -> str:
     """A short fingerprint of what shaped the replies besides the model: the prompt, the task's
     hint and the decoding settings. Resuming a trace under another setup would mix two runs."""
+    decoding = dataclasses.asdict(config)
+    # Options added after the first tables enter the fingerprint only when they change the
+    # replies, so tables traced before them still resume.
+    for name in ("stop", "stop_when_done"):
+        if not decoding.get(name):
+            decoding.pop(name, None)
     setup = {"system": SYSTEM_PROMPT, "few_shot": FEW_SHOT if few_shot else None,
-             "hint": task.hint, "decoding": dataclasses.asdict(config)}
+             "hint": task.hint, "decoding": decoding}
     return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def trace_row(example: Example, task: Task, split: str, model_name: str, generation: Generation,
-              price: Price, setup: str | None = None) -> dict:
+              price: Price, setup: str | None = None, strategies: Iterable[int] = ()) -> dict:
+    """One question's row; `strategies` are the ids of the memory strategies in its prompt."""
     parsed = parse_reply(generation.text)
     return {
         "id": example.id,
@@ -61,6 +68,7 @@ def trace_row(example: Example, task: Task, split: str, model_name: str, generat
         "completion_tokens": generation.completion_tokens,
         "cost": price.cost(generation.prompt_tokens, generation.completion_tokens),
         "latency_s": round(generation.latency_s, 4),
+        "strategies": [int(i) for i in strategies],
         **({"meta": example.meta} if example.meta else {}),
         **({"setup": setup} if setup else {}),
         **_token_signals(generation),
@@ -90,6 +98,11 @@ def validate_row(row, where: str) -> dict:
         raise TraceError(f"{where}: confidence {confidence} is outside [0, 1]")
     if row["cost"] < 0:
         raise TraceError(f"{where}: cost {row['cost']} is negative")
+    # Optional: rows written before strategy memory existed have no `strategies`.
+    strategies = row.get("strategies", [])
+    if not isinstance(strategies, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in strategies):
+        raise TraceError(f"{where}: field 'strategies' must be a list of strategy ids")
     return row
 
 
@@ -166,9 +179,12 @@ class TraceSummary:
 def run_trace(model: Model, task: Task, out: str | Path, *, split: str | None = None,
               limit: int | None = None, batch_size: int = 8,
               config: GenerationConfig = GenerationConfig(), price: Price = Price(0.0, 0.0),
-              few_shot: bool = True, progress: bool = True) -> TraceSummary:
-    """Run `model` over `task` once and append the rows to `out`, skipping rows already there."""
+              few_shot: bool | None = None, progress: bool = True) -> TraceSummary:
+    """Run `model` over `task` once and append the rows to `out`, skipping rows already there.
+    The prompt carries the worked examples as the model is served (`model.few_shot`) unless
+    `few_shot` says otherwise."""
     split = split or task.default_split
+    few_shot = model.few_shot if few_shot is None else few_shot
     examples = task.examples(split, limit)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

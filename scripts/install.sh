@@ -18,5 +18,10 @@ if [ "${1:-}" = "--dev" ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
   fi
+  # The shared strategy store's tests start a throwaway PostgreSQL server from these binaries.
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql >/dev/null
+  fi
 fi
 echo "corea installed in $VENV"

@@ -194,3 +194,155 @@ def test_a_failing_upstream_falls_back_and_cools_down(tmp_path):
         stop(server)
         if upstream.poll() is None:
             stop(upstream)
+
+
+# ----------------------------------------------------------------- OpenAI compatibility, field by field
+
+def openai_client(base: str, api_key: str = "unused"):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base}/v1", api_key=api_key, max_retries=0)
+
+
+def test_text_parts_are_a_question_as_a_string_is(tiny_server):
+    client = openai_client(tiny_server)
+    plain = client.chat.completions.create(
+        model="corea-cascade", messages=[{"role": "user", "content": "What is 2 + 2?"}])
+    parts = client.chat.completions.create(model="corea-cascade", messages=[
+        {"role": "user", "content": [{"type": "text", "text": "What is 2 + 2?"}]}])
+    assert parts.choices[0].message.content == plain.choices[0].message.content
+    assert parts.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_n_gives_n_choices(tiny_server):
+    client = openai_client(tiny_server)
+    question = [{"role": "user", "content": "What is 4 + 1?"}]
+    one = client.chat.completions.create(model="corea-cascade", messages=question)
+    three = client.chat.completions.create(model="corea-cascade", messages=question, n=3)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    # greedy: every choice is the one reply, and each was generated (and is counted)
+    assert {c.message.content for c in three.choices} == {one.choices[0].message.content}
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    streamed = list(client.chat.completions.create(model="corea-cascade", messages=question, n=2,
+                                                   stream=True))
+    texts = ["".join(c.choices[0].delta.content or "" for c in streamed
+                     if c.choices and c.choices[0].index == i) for i in range(2)]
+    assert texts == [one.choices[0].message.content] * 2
+    assert streamed[-1].usage.completion_tokens == 2 * one.usage.completion_tokens
+
+
+def test_stop_ends_the_reply_before_the_sequence(tiny_server):
+    client = openai_client(tiny_server)
+    question = [{"role": "user", "content": "Is ice cold?"}]
+    whole = client.chat.completions.create(model="corea-cascade", messages=question)
+    text = whole.choices[0].message.content
+    assert len(text) > 4
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    cut = client.chat.completions.create(model="corea-cascade", messages=question, stop=[stop])
+    assert cut.choices[0].message.content == text[:text.find(stop)]
+    assert stop not in cut.choices[0].message.content
+    streamed = client.chat.completions.create(model="corea-cascade", messages=question, stop=stop,
+                                              stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) \
+        == text[:text.find(stop)]
+
+
+def test_max_tokens_caps_each_tier_and_says_length(tiny_server):
+    reply = openai_client(tiny_server).chat.completions.create(
+        model="corea-cascade", messages=[{"role": "user", "content": "Count to ten."}],
+        max_tokens=3)
+    assert reply.usage.completion_tokens == 6  # 3 per tier, both tiers called
+    assert reply.choices[0].finish_reason == "length"
+
+
+def test_the_same_seed_and_temperature_give_the_same_text_streamed_or_not(tiny_server):
+    client = openai_client(tiny_server)
+    question = [{"role": "user", "content": "Name a color."}]
+    sampled = [client.chat.completions.create(model="corea-cascade", messages=question,
+                                              temperature=1.0, seed=7).choices[0].message.content
+               for _ in range(2)]
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="corea-cascade", messages=question, temperature=1.0, seed=7, stream=True)
+        if c.choices)
+    assert sampled[0] == sampled[1] == streamed
+
+
+@pytest.mark.parametrize("extra,field", [
+    ({"logprobs": True}, "logprobs"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
+    ({"n": 9}, "n"),
+    ({"n": 0}, "n"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": [""]}, "stop"),
+    ({"seed": -1}, "seed"),
+    ({"top_p": 0}, "top_p"),
+    ({"stream_options": {"include_usage": "maybe"}}, "stream_options"),
+])
+def test_unsupported_or_invalid_fields_are_refused_by_name(tiny_server, extra, field):
+    body = {"messages": [{"role": "user", "content": "hi"}], **extra}
+    code, payload = post(tiny_server, json.dumps(body).encode())
+    assert code == 400
+    assert field in payload["error"]["message"] and field in (payload["error"]["param"] or "")
+
+
+@pytest.mark.parametrize("message,field", [
+    ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, "type"),
+    ({"role": "user", "content": [{"type": "text"}]}, "text"),
+    ({"role": "user", "content": "hi", "tool_calls": []}, "tool_calls"),
+])
+def test_malformed_messages_name_the_field(tiny_server, message, field):
+    code, payload = post(tiny_server, json.dumps({"messages": [message]}).encode())
+    assert code == 400 and field in payload["error"]["message"]
+
+
+def test_fields_at_their_neutral_values_are_accepted(tiny_server):
+    reply = openai_client(tiny_server).chat.completions.create(
+        model="any-name", messages=[{"role": "user", "content": "What is 1 + 1?", "name": "ann"}],
+        logprobs=False, frequency_penalty=0, presence_penalty=0, user="u-1",
+        response_format={"type": "text"}, stream_options=None)
+    assert reply.choices[0].message.content is not None
+
+
+def test_no_api_key_reaches_the_log(tmp_path):
+    slm, llm = build_tiny_model(tmp_path / "slm"), build_tiny_model(tmp_path / "llm", seed=1)
+    config = {"tiers": [{"model": str(slm), "threshold": 0.5}, {"model": str(llm)}],
+              "generation": {"max_new_tokens": 4}}
+    process, base = start_server(config, tmp_path)
+    key = "sk-corea-test-6b1f0e77d2"
+    try:
+        client = openai_client(base, api_key=key)
+        client.chat.completions.create(model="corea-cascade",
+                                       messages=[{"role": "user", "content": "hi"}])
+        for bad in ({"messages": []}, {"messages": [{"role": "user", "content": 1}]}):
+            request = urllib.request.Request(
+                f"{base}/v1/chat/completions", data=json.dumps(bad).encode(), method="POST",
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=60)
+    finally:
+        stop(process)
+    log = process.stdout.read()
+    assert "POST /v1/chat/completions" in log  # the log is there, and it was read
+    assert key not in log and "Bearer" not in log
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not (embedded_installed("smollm2") and embedded_installed("qwen")),
+                    reason="embedded models not installed")
+def test_serve_without_a_config_runs_the_embedded_defaults():
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "corea", "serve", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", process, seconds=300)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
+            tiers = json.load(response)["tiers"]
+    finally:
+        stop(process)
+    assert [t["model"] for t in tiers] == ["smollm2-135m", "qwen2.5-coder-1.5b"]
+    assert tiers[0]["threshold"] == 0.8
+    assert "embedded defaults" in process.stdout.read()

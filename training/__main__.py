@@ -4,11 +4,17 @@
     python -m training grpo --config training/configs/cpu-smoke.yaml
     # a real run on CPU (an hour or two); resumable: run the same command again after a stop
     python -m training grpo --config training/configs/cpu-small.yaml
+    # the staged recipe of the default trained SLM: competence, self-labelled confidence, GRPO
+    python -m training sft --config training/configs/cpu-mix-sft.yaml
+    python -m training self-label --config training/configs/cpu-mix-self-label.yaml
+    python -m training grpo --config training/configs/cpu-mix-grpo-brier.yaml
     # GPU recipes (bf16; vLLM and several GPUs through accelerate launch)
     accelerate launch -m training grpo --config training/configs/gpu-1.5b.yaml
 
     # judge a model on held-out questions, with or without an adapter
     python -m training eval --model smollm2 --adapter runs/cpu-small/adapter --task arith-1 --task arith-2
+    # fit the step routers (Gaussian mixture, learned policy) on the SLM's training-split steps
+    python -m training router --task arith-mix --limit 40 --out adapters/step-router
     # publish the adapter (or --merge) with a model card of the measured metrics
     python -m training push --adapter runs/cpu-small/adapter --repo you/smollm2-calibrated [--dry-run DIR]
 """
@@ -41,6 +47,23 @@ def cmd_grpo(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_stage(args, extra: list[str]) -> int:
+    """sft / self-label: one stage, from a config, resumable, its record in OUTPUT_DIR/run.json."""
+    from training.config import load_config, options_help
+
+    if args.list_options:
+        print(options_help())
+        return 0
+    config = load_config(args.config, extra)
+    if args.command == "sft":
+        from training.sft import run_sft as run_stage
+    else:
+        from training.self_label import run_self_label_stage as run_stage
+    run = run_stage(config)
+    print(f"adapter: {run['adapter']}\nrun record: {Path(config.output_dir) / 'run.json'}")
+    return 0
+
+
 def cmd_eval(args, extra: list[str]) -> int:
     if extra:
         raise ValueError(f"unknown arguments: {' '.join(extra)}")
@@ -60,6 +83,18 @@ def cmd_eval(args, extra: list[str]) -> int:
                        args.max_new_tokens)
     print(format_results(results, f"{args.model}{' + ' + args.adapter if args.adapter else ''}:"))
     (Path(args.out) / f"{label}-summary.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def cmd_router(args, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unknown arguments: {' '.join(extra)}")
+    from training.router import collect_and_fit
+
+    record = collect_and_fit(args.task or [], args.traces or [], args.out, args.limit,
+                             args.model, args.trace_dir)
+    print(json.dumps(record, indent=2))
+    print(f"routers: {Path(args.out) / 'gmm.json'}, {Path(args.out) / 'learned.json'}")
     return 0
 
 
@@ -97,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     grpo.add_argument("--list-options", action="store_true", help="list every option and exit")
     grpo.set_defaults(handler=cmd_grpo)
 
+    for name, summary in (("sft", "competence stage: fine-tune on worked solutions (no "
+                                  "confidence taught)"),
+                          ("self-label", "teach the confidence from the model's own sampled "
+                                         "correctness (after sft)")):
+        stage = commands.add_parser(
+            name, help=summary, description=f"{summary}. Options come from --config (YAML) and "
+                                             "then --key value pairs; run it again to resume.")
+        stage.add_argument("--config", help="a YAML config, e.g. training/configs/cpu-mix-sft.yaml")
+        stage.add_argument("--list-options", action="store_true", help="list every option and exit")
+        stage.set_defaults(handler=cmd_stage)
+
     evaluate = commands.add_parser("eval", help="held-out accuracy and calibration of a model")
     evaluate.add_argument("--model", default="smollm2", help="base model (default: %(default)s)")
     evaluate.add_argument("--adapter", help="a PEFT adapter directory")
@@ -107,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=160)
     evaluate.add_argument("--out", default="runs/eval", help="where the trace tables go")
     evaluate.set_defaults(handler=cmd_eval)
+
+    router = commands.add_parser(
+        "router", help="fit the step routers (mixture and learned policy) on SLM step traces",
+        description="Fit corea's step routers on training-split step traces; with --task the "
+                    "SLM first writes those traces (resumable).")
+    router.add_argument("--task", action="append", help="trace the SLM step by step on this "
+                                                        "task's training split; repeat for several")
+    router.add_argument("--traces", action="append", help="a step trace already written (JSONL)")
+    router.add_argument("--limit", type=int, default=40, help="questions per task "
+                                                             "(default: %(default)s)")
+    router.add_argument("--model", default="smollm2", help="the SLM (default: %(default)s)")
+    router.add_argument("--trace-dir", help="where --task traces go (default: OUT/traces)")
+    router.add_argument("--out", default="runs/step-router", help="where the routers go")
+    router.set_defaults(handler=cmd_router)
 
     push_parser = commands.add_parser("push", help="upload an adapter with its model card")
     push_parser.add_argument("--adapter", required=True, help="the run's adapter directory")

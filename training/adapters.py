@@ -26,3 +26,12 @@ def model_to_train(config: TrainConfig, checkpoint: str, adapter: Path | None):
     base = AutoModelForCausalLM.from_pretrained(checkpoint,
                                                 trust_remote_code=config.trust_remote_code)
     return PeftModel.from_pretrained(base, str(adapter), is_trainable=True), None
+
+
+def write_serving(adapter_dir: Path, config: TrainConfig) -> None:
+    """corea.json beside the adapter: how it is to be served (corea.embedded.adapter_serving),
+    so a model trained zero-shot is asked zero-shot wherever it is loaded."""
+    import json
+
+    (Path(adapter_dir) / "corea.json").write_text(
+        json.dumps({"few_shot": config.few_shot}, indent=2) + "\n")

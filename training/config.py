@@ -41,6 +41,17 @@ class TrainConfig:
     checker: str = option("numeric", "answer checker for file/Hub tasks: numeric, yesno, "
                                      "choice, exact")
     few_shot: bool = option(True, "include corea's two worked examples in each prompt, as served")
+    start_adapter: str = option("", "go on training this adapter directory (an earlier stage's "
+                                    "output, e.g. runs/mix-sft/adapter) instead of a fresh LoRA")
+    # competence stage (python -m training sft; see training/sft.py)
+    sft_arith_per_level: int = option(300, "worked solutions per level of the generated arith-mix "
+                                           "training problems (levels 1-5)")
+    sft_gsm8k: int = option(500, "worked GSM8K train solutions (calculator notes removed)")
+    sft_epochs: float = option(1.0, "passes over the worked solutions")
+    sft_learning_rate: float = option(5e-4, "peak learning rate of the competence stage")
+    sft_batch_size: int = option(8, "worked solutions per optimizer step")
+    sft_lora: bool = option(True, "train a LoRA adapter (ships in ~20 MB); false: full "
+                                  "fine-tuning (a whole model checkpoint)")
     # supervised warm-up (format only; see training/warmup.py)
     warmup_steps: int = option(0, "supervised steps on worked solutions of generated training "
                                   "problems before GRPO, all with the same confidence (0 = none)")
@@ -50,12 +61,23 @@ class TrainConfig:
     # self-labelled confidence (see training/self_label.py)
     self_label_size: int = option(0, "problems per task whose sampled replies, graded, teach the "
                                      "confidence before GRPO (0 = no such stage)")
-    self_label_tasks: list[str] = option([], "tasks those problems come from (default: tasks)")
+    self_label_tasks: list[str] = option([], "tasks those problems come from (default: tasks); "
+                                             "`name:N` takes N problems of that task")
     self_label_samples: int = option(4, "replies sampled per problem; the target confidence is "
                                         "(right + 0.5) / (samples + 1)")
     self_label_max_new_tokens: int = option(160, "longest sampled reply in tokens")
     self_label_epochs: int = option(2, "passes over the labelled replies")
     self_label_learning_rate: float = option(2e-4, "learning rate of the stage")
+    self_label_balance: bool = option(True, "drop labelled replies from the commonest confidence "
+                                            "targets so right and wrong replies are both well "
+                                            "represented (at most twice the rarest bucket)")
+    self_label_replies_trained: int = option(0, "sampled replies per problem used as training "
+                                                "rows, each labelled with the problem's share "
+                                                "(0 = all of them)")
+    self_label_batch_size: int = option(16, "problems sampled together (each `samples` times)")
+    self_label_max_rows: int = option(0, "train on at most this many labelled replies, drawn "
+                                         "evenly over the targets (0 = all); every problem "
+                                         "is still sampled and graded")
     # reward
     confidence_reward: str = option("brier", "brier: 1-(correct-c)^2 (RLCR); corea_l1: "
                                              "-|c - p_group| (COREA)")
@@ -115,10 +137,27 @@ class TrainConfig:
         if self.self_label_size < 0 or self.self_label_samples < 2 and self.self_label_size:
             raise ValueError("self_label_size cannot be negative, and self_label_samples must be "
                              "at least 2 (a share of right replies needs several)")
+        for name in ("sft_arith_per_level", "sft_gsm8k"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} cannot be negative")
+        if self.sft_epochs <= 0 or self.sft_batch_size < 1:
+            raise ValueError("sft_epochs must be positive and sft_batch_size at least 1")
+        if self.self_label_max_rows < 0:
+            raise ValueError("self_label_max_rows cannot be negative")
+        if self.self_label_replies_trained < 0 or self.self_label_batch_size < 1:
+            raise ValueError("self_label_replies_trained cannot be negative and "
+                             "self_label_batch_size must be at least 1")
         if self.eval_limit < 0:
             raise ValueError("eval_limit cannot be negative")
         if not self.tasks:
             raise ValueError("tasks is empty: name at least one training task")
+
+    def check_inputs(self) -> None:
+        """Files the run reads, checked when it starts (before any model loads) rather than when
+        the config is read, so a config can be loaded and inspected before its inputs exist."""
+        if self.start_adapter and not (Path(self.start_adapter) / "adapter_config.json").is_file():
+            raise ValueError(f"start_adapter {self.start_adapter!r} is not an adapter directory "
+                             "(no adapter_config.json): run the earlier stage first")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

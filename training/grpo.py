@@ -11,21 +11,19 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
 
 from corea import embedded
 from corea.metrics import expected_calibration_error
 
-from training.adapters import model_to_train
+from training.adapters import model_to_train, write_serving
 from training.config import TrainConfig
 from training.data import evaluation_sets, to_dataset, training_rows
+from training.records import RUN_FILE, load_run, machine, save_run, timed  # noqa: F401
 from training.rewards import CONFIDENCE_REWARDS, correctness_reward, format_reward, score
 
 LOG_FILE = "train_log.jsonl"
-RUN_FILE = "run.json"
 
 
 def trainable_checkpoint(model: str) -> str:
@@ -78,7 +76,7 @@ def _on_cuda(config: TrainConfig) -> bool:
 
 
 def build_trainer(config: TrainConfig, rows: list[dict], checkpoint: str,
-                  start_adapter: Path | None = None):
+                  start_adapter: Path | None = None, callbacks: list | None = None):
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -114,16 +112,7 @@ def build_trainer(config: TrainConfig, rows: list[dict], checkpoint: str,
     model, peft_config = model_to_train(config, checkpoint, start_adapter)
     return GRPOTrainer(model=model, reward_funcs=rewards, args=args,
                        train_dataset=to_dataset(rows), processing_class=tokenizer,
-                       peft_config=peft_config, callbacks=[JsonlLog()])
-
-
-def _load_run(output_dir: Path) -> dict:
-    path = output_dir / RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _save_run(output_dir: Path, run: dict) -> None:
-    (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+                       peft_config=peft_config, callbacks=[JsonlLog(), *(callbacks or [])])
 
 
 def _evaluate(config: TrainConfig, checkpoint: str, adapter: Path | None, label: str) -> dict:
@@ -153,54 +142,58 @@ def point_adapter_at_base(adapter_dir: Path, base: str) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def train(config: TrainConfig) -> dict:
-    """Run (or resume) a calibration run; returns its record (also in OUTPUT_DIR/run.json)."""
+def train(config: TrainConfig, callbacks: list | None = None) -> dict:
+    """Run (or resume) a calibration run; returns its record (also in OUTPUT_DIR/run.json).
+    `callbacks`: extra transformers TrainerCallbacks for the GRPO trainer (the app's cancel)."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    config.check_inputs()
     rows = training_rows(config)  # data problems surface before any model loads
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = trainable_checkpoint(config.model)
     check_trainable(checkpoint, config.trust_remote_code)
-    run = _load_run(output_dir)
+    run = load_run(output_dir)
     run.update({"config": config.to_dict(), "base_model": config.model,
-                "train_questions": len(rows), "machine": _machine()})
-    _save_run(output_dir, run)
+                "train_questions": len(rows), "machine": machine()})
+    save_run(output_dir, run)
     if config.eval_limit and "before" not in run:
         run["before"] = _evaluate(config, checkpoint, None, "before")
-        _save_run(output_dir, run)
+        save_run(output_dir, run)
 
-    adapter = None
+    adapter = Path(config.start_adapter) if config.start_adapter else None
     if config.warmup_steps:
         from training.warmup import run_warmup
 
         adapter = run_warmup(config, checkpoint, output_dir, use_cpu=not _on_cuda(config))
         if config.eval_limit and "after_warmup" not in run:
             run["after_warmup"] = _evaluate(config, checkpoint, adapter, "after-warmup")
-            _save_run(output_dir, run)
+            save_run(output_dir, run)
     if config.self_label_size:
         from training.self_label import run_self_label
 
         adapter = run_self_label(config, checkpoint, output_dir, adapter,
-                                 use_cpu=not _on_cuda(config))
+                                 use_cpu=not _on_cuda(config), run=run)
         if config.eval_limit and "after_self_label" not in run:
             run["after_self_label"] = _evaluate(config, checkpoint, adapter, "after-self-label")
-            _save_run(output_dir, run)
-    trainer = build_trainer(config, rows, checkpoint, adapter)
+            save_run(output_dir, run)
+    trainer = build_trainer(config, rows, checkpoint, adapter, callbacks)
     last = get_last_checkpoint(str(output_dir)) if config.resume else None
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last)
+    with timed(run, "grpo_seconds", output_dir):
+        trainer.train(resume_from_checkpoint=last)
     adapter_dir = output_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     base = embedded_name(config.model) if embedded.resolve_embedded(config.model) else config.model
     point_adapter_at_base(adapter_dir, base)
+    write_serving(adapter_dir, config)
     run.update({"steps": trainer.state.global_step, "resumed_from": last,
                 "train_seconds": round(time.perf_counter() - start, 1),
                 "adapter": str(adapter_dir)})
-    _save_run(output_dir, run)
+    save_run(output_dir, run)
     if config.eval_limit:
         run["after"] = _evaluate(config, checkpoint, adapter_dir, "after")
-        _save_run(output_dir, run)
+        save_run(output_dir, run)
 
     from corea.plots import read_log, training_figure
 
@@ -209,12 +202,7 @@ def train(config: TrainConfig) -> dict:
         training_figure(log).write_html(str(output_dir / "training_curves.html"))
     run["log_finite"] = all(math.isfinite(v) for entry in log for v in entry.values()
                             if isinstance(v, (int, float)))
-    _save_run(output_dir, run)
+    save_run(output_dir, run)
     return run
 
 
-def _machine() -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}"

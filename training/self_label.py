@@ -20,9 +20,10 @@ from corea.checking import is_correct
 from corea.protocol import build_messages, confidence_span, parse_reply
 from corea.tasks import get_task
 
-from training.adapters import model_to_train
+from training.adapters import model_to_train, write_serving
 from training.config import TrainConfig
 from training.data import column_mapping, training_split
+from training.records import save_run, timed
 
 SELF_LABEL_DIR = "self-label-adapter"
 REPLIES_FILE = "self-label-replies.jsonl"
@@ -30,12 +31,15 @@ REPLIES_FILE = "self-label-replies.jsonl"
 
 def self_label_problems(config: TrainConfig) -> list[dict]:
     """Training problems for the stage: each task's train split, past the first
-    `train_size + warmup_size` questions (those belong to GRPO and the warm-up)."""
+    `train_size + warmup_size` questions (those belong to GRPO and the warm-up). A task named
+    `name:N` gives N problems instead of `self_label_size`."""
     skip = config.train_size + config.warmup_size
     problems = []
     for spec in config.self_label_tasks or config.tasks:
-        task = get_task(spec, column_mapping(config))
-        examples = task.examples(training_split(task), skip + config.self_label_size)[skip:]
+        name, _, count = spec.partition(":")
+        size = int(count) if count else config.self_label_size
+        task = get_task(name, column_mapping(config))
+        examples = task.examples(training_split(task), skip + size)[skip:]
         problems += [{"id": example.id, "question": example.question, "gold": example.gold,
                       "checker": task.checker, "hint": task.hint} for example in examples]
     return problems
@@ -47,30 +51,72 @@ def target_confidence(right: int, samples: int) -> float:
 
 
 def confidence_prefix(reply: str) -> str | None:
-    """The reply up to its last confidence value (which is to be replaced); None when the reply
-    has no answer and confidence to learn from."""
-    span = confidence_span(reply) if parse_reply(reply).format_ok else None
-    return reply[:span[0]].rstrip(" \t") if span else None
+    """The reply up to where its confidence value goes: before its last confidence value (which
+    is to be replaced), or after its answer line when it states none (a model fine-tuned on
+    answers only); None when the reply gives no answer to be confident about."""
+    parsed = parse_reply(reply)
+    if parsed.answer is None:
+        return None
+    span = confidence_span(reply) if parsed.format_ok else None
+    if span:
+        return reply[:span[0]].rstrip(" \t")
+    return f"{reply.rstrip()}\nConfidence:"
+
+
+def balanced(rows: list[dict], seed: int = 0) -> list[dict]:
+    """The rows, with the larger of the low (< 0.5) and high (>= 0.5) confidence targets cut to
+    twice the smaller: a model mostly wrong (or mostly right) would otherwise learn one number.
+    Which rows go is seeded; the order is kept."""
+    import random
+
+    low = [i for i, row in enumerate(rows) if row["target"] < 0.5]
+    high = [i for i, row in enumerate(rows) if row["target"] >= 0.5]
+    if not low or not high:
+        return rows
+    cap = 2 * min(len(low), len(high))
+    rng = random.Random(seed)
+    kept = set(rng.sample(low, min(cap, len(low)))) | set(rng.sample(high, min(cap, len(high))))
+    return [row for i, row in enumerate(rows) if i in kept]
+
+
+def spread_over_targets(rows: list[dict], limit: int, seed: int = 0) -> list[dict]:
+    """At most `limit` rows, taken round-robin over the distinct targets (each target's rows in a
+    seeded order), so a cut keeps every confidence level; the order of `rows` is kept."""
+    import random
+
+    rng = random.Random(seed)
+    limit = min(limit, len(rows))
+    by_target: dict[float, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_target.setdefault(row["target"], []).append(index)
+    for indices in by_target.values():
+        rng.shuffle(indices)
+    chosen: set[int] = set()
+    while len(chosen) < limit:
+        for indices in by_target.values():
+            if indices and len(chosen) < limit:
+                chosen.add(indices.pop())
+    return [row for index, row in enumerate(rows) if index in chosen]
 
 
 def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer,
-                  few_shot: bool) -> list[dict]:
+                  few_shot: bool, per_problem: int | None = None) -> list[dict]:
     """Prompt/completion text pairs: the chat prompt plus the model's own reply up to
-    `Confidence:` as the prompt, the target confidence as the completion."""
+    `Confidence:` as the prompt, the target confidence as the completion. Every sampled reply is
+    graded; `per_problem` limits how many of them become rows."""
     rows = []
     for problem in problems:
         texts = replies.get(problem["id"], [])
         if not texts:
             continue
         parsed = [parse_reply(text) for text in texts]
-        right = sum(reply.format_ok and is_correct(reply.answer, problem["gold"], problem["checker"])
+        right = sum(reply.answer is not None
+                    and is_correct(reply.answer, problem["gold"], problem["checker"])
                     for reply in parsed)
         target = target_confidence(right, len(texts))
         messages = build_messages(problem["question"], few_shot=few_shot, hint=problem["hint"])
-        for text in texts:
-            prefix = confidence_prefix(text)
-            if prefix is None:
-                continue
+        prefixes = [p for p in map(confidence_prefix, texts) if p is not None]
+        for prefix in prefixes[:per_problem or None]:
             prompt = tokenizer.apply_chat_template(
                 messages + [{"role": "assistant", "content": prefix}],
                 tokenize=False, continue_final_message=True)
@@ -92,12 +138,17 @@ def sample_replies(config: TrainConfig, checkpoint: str, adapter: Path | None,
         for line in path.read_text().splitlines():
             record = json.loads(line)
             done[record["id"]] = record["replies"]
-    todo = [problem for problem in problems if problem["id"] not in done]
+    # Similar questions together (question length tracks reply length here): a batch runs until
+    # its longest reply ends, so mixing short and long replies would waste most of each batch.
+    todo = sorted((problem for problem in problems if problem["id"] not in done),
+                  key=lambda problem: len(problem["question"]))
     if not todo:
         return done
     model = TransformersModel(checkpoint, adapter=adapter,
                               trust_remote_code=config.trust_remote_code)
-    batch_size = 8
+    if adapter is not None:  # sampling only: the merged weights run faster than base + LoRA
+        model.model = model.model.merge_and_unload()
+    batch_size = config.self_label_batch_size
     with open(path, "a") as handle, tqdm(total=len(todo), desc="self-label samples",
                                          unit="q") as progress:
         for start in range(0, len(todo), batch_size):
@@ -121,40 +172,82 @@ def sample_replies(config: TrainConfig, checkpoint: str, adapter: Path | None,
 
 
 def run_self_label(config: TrainConfig, checkpoint: str, output_dir: Path,
-                   start_adapter: Path | None, use_cpu: bool) -> Path:
+                   start_adapter: Path | None, use_cpu: bool, run: dict) -> Path:
     """Sample, label and train (once; a finished adapter is reused); returns the adapter's
-    directory. Training goes on from `start_adapter` (the warm-up's) when given."""
+    directory. Training goes on from `start_adapter` (an earlier stage's) when given. Sampled
+    replies and training checkpoints are kept, so an interrupted stage resumes."""
     target = output_dir / SELF_LABEL_DIR
     if (target / "adapter_config.json").is_file():
         return target
     from datasets import Dataset
     from transformers import AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     problems = self_label_problems(config)
-    replies = sample_replies(config, checkpoint, start_adapter, problems,
-                             output_dir / REPLIES_FILE)
+    with timed(run, "sample_seconds", output_dir):
+        replies = sample_replies(config, checkpoint, start_adapter, problems,
+                                 output_dir / REPLIES_FILE)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    rows = labelled_rows(problems, replies, tokenizer, config.few_shot)
+    rows = labelled_rows(problems, replies, tokenizer, config.few_shot,
+                         config.self_label_replies_trained or None)
     if not rows:
-        raise ValueError("no sampled reply stated an answer and a confidence: the self-labelled "
-                         "stage has nothing to learn from (is the format warm-up on?)")
+        raise ValueError("no sampled reply stated an answer: the self-labelled stage has nothing "
+                         "to learn from (train the competence or format stage first)")
+    labelled = len(rows)
+    if config.self_label_balance:
+        rows = balanced(rows, config.seed)
+    if config.self_label_max_rows and len(rows) > config.self_label_max_rows:
+        rows = spread_over_targets(rows, config.self_label_max_rows, config.seed)
     (output_dir / "self-label-targets.json").write_text(json.dumps(
-        {"rows": len(rows), "problems": len(problems),
+        {"problems": len(problems), "labelled": labelled, "rows": len(rows),
          "targets": [row["target"] for row in rows]}) + "\n")
+    run.update({"self_label_problems": len(problems), "self_label_rows": len(rows)})
     model, peft_config = model_to_train(config, checkpoint, start_adapter)
-    args = SFTConfig(output_dir=str(output_dir / "self-label-checkpoints"),
-                     num_train_epochs=config.self_label_epochs,
+    checkpoints = output_dir / "self-label-checkpoints"
+    args = SFTConfig(output_dir=str(checkpoints), num_train_epochs=config.self_label_epochs,
                      learning_rate=config.self_label_learning_rate, per_device_train_batch_size=8,
-                     logging_steps=1, save_strategy="no", report_to="none", use_cpu=use_cpu,
+                     logging_steps=1, save_strategy="steps", save_steps=config.save_steps,
+                     save_total_limit=2, report_to="none", use_cpu=use_cpu,
                      bf16=config.bf16 and not use_cpu, seed=config.seed,
                      completion_only_loss=True, max_length=2048)
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
                          train_dataset=Dataset.from_list(
                              [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]))
-    trainer.train()
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() and config.resume else None
+    with timed(run, "train_seconds", output_dir):
+        trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(target))
+    run["self_label_steps"] = trainer.state.global_step
+    save_run(output_dir, run)
     return target
 
+
+def run_self_label_stage(config: TrainConfig) -> dict:
+    """`python -m training self-label`: the stage on its own, going on from `start_adapter`
+    (the competence stage's adapter); its adapter is OUTPUT_DIR/adapter."""
+    import shutil
+
+    from training.grpo import _on_cuda, check_trainable, embedded_name, point_adapter_at_base
+    from training.grpo import trainable_checkpoint
+    from training.records import load_run, machine
+
+    config.check_inputs()
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = trainable_checkpoint(config.model)
+    check_trainable(checkpoint, config.trust_remote_code)
+    run = load_run(output_dir)
+    run.update({"stage": "self-label", "config": config.to_dict(), "base_model": config.model,
+                "machine": machine()})
+    start = Path(config.start_adapter) if config.start_adapter else None
+    trained = run_self_label(config, checkpoint, output_dir, start, not _on_cuda(config), run)
+    adapter_dir = output_dir / "adapter"
+    shutil.copytree(trained, adapter_dir, dirs_exist_ok=True)
+    point_adapter_at_base(adapter_dir, embedded_name(config.model))
+    write_serving(adapter_dir, config)
+    run["adapter"] = str(adapter_dir)
+    save_run(output_dir, run)
+    return run

@@ -1,5 +1,5 @@
 """The Gradio demo: ask through the cascade, tune the threshold on trace tables, run a batch,
-watch training curves."""
+train the small model and watch its curves."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import gradio as gr
 
 from corea.ui.ask import build_ask_tab
 from corea.ui.batch import build_batch_tab
+from corea.ui.memory import build_memory_tab
 from corea.ui.training import build_training_tab
 from corea.ui.tune import build_tune_tab
 
@@ -26,8 +27,10 @@ def build_demo() -> gr.Blocks:
                 build_tune_tab(demo)
             with gr.Tab("Run a batch", id="batch"):
                 build_batch_tab()
-            with gr.Tab("Training curves", id="training"):
+            with gr.Tab("Training", id="training"):
                 build_training_tab()
+            with gr.Tab("Memory", id="memory"):
+                build_memory_tab()
     # Model work runs one request at a time (2 CPU cores); the queue bounds how many wait.
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo

@@ -13,6 +13,8 @@ from corea.protocol import validate_question
 from corea.tasks import HINTS, get_task
 from corea.ui.common import (SIGNAL_CHOICES, gpu, llm_choices, load_for_ui, signal_for_ui,
                              slm_choices)
+from corea.ui.memory import lesson_markdown, memory_for, recall_markdown
+from corea.ui.steps_view import ROUTING_CHOICES, routed_decision, routed_html, step_config_for_ui
 
 ANSWER_KINDS = {"a number": "numeric", "yes or no": "yesno", "free text": "exact"}
 STEP_HEADERS = ["tier", "model", "answer", "confidence", "decision", "tokens in", "tokens out",
@@ -57,23 +59,39 @@ def _step_row(step) -> list:
 
 @gpu
 def ask(question, slm, llm, endpoint_model, token, threshold, answer_kind,
-        signal_label="stated confidence", max_new_tokens=320):
-    """Stream the cascade: yields (SLM text, confidence bar, decision, LLM text, steps table)."""
+        signal_label="stated confidence", use_memory=False, memory_store="",
+        memory_namespace="default", routing="per question", max_new_tokens=320):
+    """Stream the cascade: yields (SLM text, confidence bar, decision, LLM text, steps table).
+    With memory, the decision also shows the strategies the SLM was given and what was learned."""
     try:
         question = validate_question(question)
     except ValueError as error:
         raise gr.Error(str(error)) from None
     signal = signal_for_ui(signal_label)
-    slm_model = load_for_ui(slm, signal=signal)
+    per_step = routing == "per step"
+    # Step routing reads the SLM's token probabilities, as the token signals do.
+    slm_model = load_for_ui(slm, signal="answer_probability" if per_step else signal)
     llm_model = load_for_ui(llm, endpoint_model, token)
+    memory = memory_for(memory_store, memory_namespace) if use_memory else None
     cascade = Cascade([Tier(slm_model, float(threshold), resolve_price(slm_model.name), signal),
                        Tier(llm_model, None, resolve_price(llm_model.name))],
-                      GenerationConfig(max_new_tokens=int(max_new_tokens)))
+                      GenerationConfig(max_new_tokens=int(max_new_tokens), stop_when_done=True),
+                      memory, step=step_config_for_ui() if per_step else None)
     texts, bar, decision, rows = ["", ""], confidence_bar(None, threshold), "", []
+    routed, written = "", []  # per step: the reply coloured by the model that wrote each step
+    given = ""  # the strategies memory gave the SLM
     try:
         for event in cascade.events(question, hint=HINTS[ANSWER_KINDS.get(answer_kind, "exact")]):
-            if event["type"] == "delta":
+            if event["type"] == "memory":
+                given = recall_markdown(event["recall"])
+            elif event["type"] == "delta":
                 texts[event["tier"] - 1] = event["text"]
+            elif event["type"] == "route_step":
+                texts[0] = event["text"]
+                written.append(event["step"])
+                routed = routed_html(written, slm_model.name, llm_model.name)
+            elif event["type"] == "step" and per_step:
+                rows.append(_step_row(event["step"]))
             elif event["type"] == "step":
                 step = event["step"]
                 rows.append(_step_row(step))
@@ -88,7 +106,10 @@ def ask(question, slm, llm, endpoint_model, token, threshold, answer_kind,
             elif event["type"] == "done":
                 result = event["result"]
                 decision += (f"\n\nTotal: ${result.cost:.8f}, {result.latency_s:.1f} s of model time")
-            yield texts[0], bar, decision, texts[1], rows
+                decision += lesson_markdown(result)
+                if per_step:
+                    decision = routed_decision(result, slm_model.name, llm_model.name)
+            yield texts[0], bar, given + decision, texts[1], rows, routed
     except ModelError as error:
         raise gr.Error(str(error)) from None
 
@@ -105,6 +126,9 @@ def build_ask_tab() -> None:
             signal = gr.Radio(list(SIGNAL_CHOICES), value="stated confidence",
                               label="SLM confidence is",
                               info="what it states, or how probable its answer's tokens were")
+            routing = gr.Radio(list(ROUTING_CHOICES), value="per question", label="Route",
+                               info="per step: the SLM drafts each step, the LLM writes the "
+                                    "steps the SLM is unsure of (threshold on the step score)")
             button = gr.Button("Ask", variant="primary")
         with gr.Column(scale=1):
             slm = gr.Dropdown(slm_choices(), value=slm_choices()[0], allow_custom_value=True,
@@ -116,6 +140,11 @@ def build_ask_tab() -> None:
             endpoint_model = gr.Textbox(label="Endpoint model name", placeholder="for an endpoint")
             token = gr.Textbox(label="Endpoint token", type="password",
                                info="used for this request only; never stored or shown")
+            with gr.Accordion("Strategy memory", open=False):
+                use_memory = gr.Checkbox(label="Give the SLM strategies from memory",
+                                         info="and let a deferred question's LLM answer add one")
+                memory_store = gr.Textbox(label="Store", placeholder="empty: the app's store")
+                memory_namespace = gr.Textbox(label="Namespace", value="default")
     gr.Examples(example_questions(), [question, answer_kind], label="Examples")
     with gr.Row():
         with gr.Column():
@@ -123,7 +152,10 @@ def build_ask_tab() -> None:
             bar = gr.HTML(label="SLM confidence", elem_id="ask-bar")
             decision = gr.Markdown(elem_id="ask-decision")
         llm_text = gr.Textbox(label="LLM reasoning (when deferred)", lines=8, elem_id="ask-llm")
+    routed = gr.HTML(label="Steps by writer", elem_id="ask-routed")
     steps = gr.Dataframe(headers=STEP_HEADERS, label="Per tier", interactive=False)
-    button.click(ask, [question, slm, llm, endpoint_model, token, threshold, answer_kind, signal],
-                 [slm_text, bar, decision, llm_text, steps], api_name="ask", concurrency_limit=1,
+    button.click(ask, [question, slm, llm, endpoint_model, token, threshold, answer_kind, signal,
+                       use_memory, memory_store, memory_namespace, routing],
+                 [slm_text, bar, decision, llm_text, steps, routed], api_name="ask",
+                 concurrency_limit=1,
                  concurrency_id="models")

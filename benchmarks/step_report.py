@@ -1,0 +1,125 @@
+"""benchmarks/STEP_ROUTING.md and the step-routed trace tables benchmarks/traces/step-<task>.jsonl,
+from the SLM step traces and LLM continuations that benchmarks/step_routing.py wrote (no model
+runs). `python benchmarks/step_routing.py report --task arith-mix` calls it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "benchmarks" / "STEP_ROUTING.md"
+LOSSES = (0.0, 0.02, 0.05, 0.10)
+ROUTER_NAMES = {"threshold": "STEER threshold (mean token probability of the step)",
+                "gmm": "Gaussian mixture (2 components, fitted on training steps)",
+                "learned": "learned policy (logistic, fitted on labelled training steps)"}
+
+
+def cheapest_within(points: list[dict], llm_accuracy: float, loss: float) -> dict | None:
+    """The cheapest point whose accuracy is at most `loss` below the LLM alone's."""
+    ok = [p for p in points if p["accuracy"] >= llm_accuracy - loss - 1e-12]
+    return min(ok, key=lambda p: p["cost"]) if ok else None
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _saving(point, llm_cost) -> str:
+    if point is None:
+        return "none"
+    return f"{100 * (1 - point['cost'] / llm_cost):.1f}% (t={point['threshold']:.3g}, " \
+           f"acc {_pct(point['accuracy'])})"
+
+
+def task_section(result: dict) -> tuple[list[str], dict]:
+    from benchmarks.step_routing import TRACES
+
+    llm_accuracy, llm_cost = result["llm_accuracy"], result["llm_cost"]
+    lines = [f"## {result['task']}", "",
+             f"{result['questions']} questions (of {result['of']} traced with the SLM step by "
+             f"step; a question counts once the LLM's continuation after every handoff step the "
+             f"swept thresholds pick is measured). SLM `{result['slm_model']}`, LLM "
+             f"`{result['llm_model']}`.", "",
+             "| method | accuracy | cost / 1,000 questions (USD) | cost vs LLM alone | "
+             "FLOPs vs LLM alone |", "|---|---|---|---|---|",
+             f"| LLM alone | {_pct(llm_accuracy)} | {1000 * llm_cost:.5f} | 100% | 100% |",
+             f"| SLM alone (step by step) | {_pct(result['slm_accuracy'])} | "
+             f"{1000 * result['slm_cost']:.5f} | {100 * result['slm_cost'] / llm_cost:.1f}% | "
+             f"— |", ""]
+    lines += ["Cheapest point within a given loss of the LLM alone's accuracy (saving of cost "
+              "against the LLM alone; threshold and accuracy in brackets):", "",
+              "| method | " + " | ".join(f"loss ≤ {100 * loss:g} pts" for loss in LOSSES) + " |",
+              "|---|" + "---|" * len(LOSSES)]
+    methods = {f"question level, {signal}": points
+               for signal, points in result["question_level"].items()}
+    methods.update({f"step level, {ROUTER_NAMES[name]}": points
+                    for name, points in result["sweeps"].items()})
+    chosen = {}
+    for name, points in methods.items():
+        cells = [cheapest_within(points, llm_accuracy, loss) for loss in LOSSES]
+        chosen[name] = cells
+        lines.append(f"| {name} | " + " | ".join(_saving(c, llm_cost) for c in cells) + " |")
+    lines.append("")
+    for name, points in result["sweeps"].items():
+        lines += [f"**{ROUTER_NAMES[name]}**: every threshold swept", "",
+                  "| threshold | accuracy | cost vs LLM | FLOPs vs LLM | LLM called | "
+                  "steps by the SLM | cut steps |", "|---|---|---|---|---|---|---|"]
+        for p in points:
+            lines.append(f"| {p['threshold']:.4g} | {_pct(p['accuracy'])} | "
+                         f"{100 * p['cost'] / llm_cost:.1f}% | "
+                         f"{100 * p['flops'] / result['llm_flops']:.1f}% | "
+                         f"{_pct(p['llm_called'])} | {_pct(p['slm_step_share'])} | "
+                         f"{p['cut_steps']} |")
+        lines.append("")
+    # The committed step-routed table: the learned router (else the best there is) at its
+    # cheapest threshold within 2 points, else at its most accurate one.
+    name = "learned" if "learned" in result["sweeps"] else next(iter(result["sweeps"]))
+    points = result["sweeps"][name]
+    pick = cheapest_within(points, llm_accuracy, 0.02) or max(
+        points, key=lambda p: (p["accuracy"], -p["cost"]))
+    out = TRACES / f"step-{result['task']}.jsonl"
+    router_label = f"step:{name}@{pick['threshold']:.4g}"
+    with open(out, "w", encoding="utf-8") as handle:
+        for row in pick["rows"]:
+            row = {key: value for key, value in row.items() if key != "calls"}
+            row["model"] = f"{result['slm_model']}+{result['llm_model']} {router_label}"
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    lines += [f"Step-routed trace table: `benchmarks/traces/{out.name}` ({name} router at "
+              f"threshold {pick['threshold']:.4g}: accuracy {_pct(pick['accuracy'])}, cost "
+              f"{100 * pick['cost'] / llm_cost:.1f}% of the LLM alone's).", ""]
+    return lines, chosen
+
+
+def write_report(tasks: list[str], points: int) -> None:
+    from benchmarks.step_routing import evaluate
+
+    sections, summary = [], []
+    for task in tasks:
+        result = evaluate(task, points)
+        if result is None:
+            summary.append(f"- {task}: not measured (no SLM step trace or no LLM "
+                           "continuations yet).")
+            continue
+        lines, chosen = task_section(result)
+        sections += lines
+        best_step = min((c[1] for n, c in chosen.items() if n.startswith("step") and c[1]),
+                        key=lambda p: p["cost"], default=None)
+        best_question = min((c[1] for n, c in chosen.items() if n.startswith("question")
+                             and c[1]), key=lambda p: p["cost"], default=None)
+        summary.append(
+            f"- {task} ({result['questions']} questions): within 2 points of the LLM alone, "
+            f"step routing saves {_saving(best_step, result['llm_cost'])}; question-level "
+            f"routing saves {_saving(best_question, result['llm_cost'])}.")
+    text = "\n".join([
+        "# Step-level routing on the embedded pair", "",
+        "Generated by `python benchmarks/step_routing.py report` from the step trace tables in "
+        "`benchmarks/traces/step-slm-*.jsonl` (the SLM alone, written step by step) and "
+        "`step-llm-*.jsonl` (the LLM continuing after the SLM's first k steps). See "
+        "`corea/steps.py` for the loop and the cost rule: a switch makes the LLM read the whole "
+        "prompt and the steps so far again, billed as prompt tokens; thrown-away SLM drafts are "
+        "billed too. Measured mode: one switch (the LLM, once called, writes the rest), the "
+        "cheapest shape when a switch re-reads the prompt.", "",
+        *summary, "", *sections])
+    REPORT.write_text(text.rstrip() + "\n")
+    print(f"wrote {REPORT}")

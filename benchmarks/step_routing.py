@@ -1,0 +1,273 @@
+"""Step-level routing on the embedded pair, measured: SLM step traces, LLM continuations, and the
+sweep of every router and threshold against question-level routing and the LLM alone.
+
+    # 1. the SLM writes every question step by step (token statistics per step); resumable
+    COREA_THREADS=1 python benchmarks/step_routing.py slm --task arith-mix --limit 100
+    # 2. the LLM continues after the handoff steps the routers choose (priority: LLM alone, then
+    #    each router's operating points); resumable, stops after --minutes
+    COREA_THREADS=1 python benchmarks/step_routing.py llm --task arith-mix --limit 100 --minutes 30
+    # 3. the sweep, the step-* trace tables and benchmarks/STEP_ROUTING.md (no model runs)
+    python benchmarks/step_routing.py report --task arith-mix --task svamp --task gsm8k
+
+With one switch per question (the LLM, once called, writes the rest: `max_switches: 1,
+llm_steps: 0`), a step-routed reply is fixed by the SLM's own steps and the step where the router
+first refuses one, so every router and threshold is read off these two tables
+(`corea.steps.replay_handoff`, checked against the live loop in tests/test_steps.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from corea import embedded  # noqa: E402
+from corea.costs import default_price  # noqa: E402
+from corea.models import GenerationConfig, get_model  # noqa: E402
+from corea.protocol import build_messages  # noqa: E402
+from corea.steps import (ThresholdRouter, Writer, handoff_step, load_router,  # noqa: E402
+                         replay_handoff, run_step_trace)
+from corea.tasks import get_task  # noqa: E402
+
+TRACES = ROOT / "benchmarks" / "traces"
+SLM, LLM = "smollm2", "qwen"
+MAX_NEW_TOKENS = 320
+# Enough for the five operations of arith-mix's hardest level, its answer and its confidence; the
+# 135M model otherwise repeats one sentence until the token budget runs out.
+MAX_STEPS = 12
+
+
+def slm_path(task: str, split: str = "test") -> Path:
+    """The SLM's step trace; training-split traces (what the routers are fitted on) say so."""
+    return TRACES / (f"step-slm-{task}.jsonl" if split != "train"
+                     else f"step-slm-{task}-train.jsonl")
+
+
+def llm_path(task: str) -> Path:
+    return TRACES / f"step-llm-{task}.jsonl"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run_slm(task_name: str, split: str | None, limit: int, out: Path | None = None) -> None:
+    task = get_task(task_name)
+    split = split or task.default_split
+    model = get_model(SLM, logprobs=True)
+    run_step_trace(Writer(model, default_price(model.name)), task,
+                   out or slm_path(task_name, split), split=split, limit=limit,
+                   max_steps=MAX_STEPS, generation=GenerationConfig(max_new_tokens=MAX_NEW_TOKENS),
+                   progress=lambda line: print(line, flush=True))
+
+
+def routers() -> dict[str, object]:
+    found = {"threshold": ThresholdRouter("mean_prob")}
+    for kind in ("gmm", "learned"):
+        try:
+            found[kind] = load_router(kind)
+        except ValueError as error:
+            print(f"skipping the {kind} router: {error}", file=sys.stderr)
+    return found
+
+
+def thresholds_for(router, slm_rows: list[dict], points: int) -> list[float]:
+    """Thresholds at quantiles of the router's scores over the steps: each moves some handoff."""
+    import numpy as np
+
+    scores = sorted({round(router.score(step["features"]), 4)
+                     for row in slm_rows for step in row["steps"] if step["text"].strip()})
+    if not scores:
+        return [0.0]
+    picks = np.quantile(scores, np.linspace(0, 1, points)).tolist()
+    return sorted({0.0, *[round(p + 1e-4, 4) for p in picks], 1.01})
+
+
+def needed_handoffs(slm_rows: list[dict], points: int) -> list[tuple[str, int]]:
+    """(question id, handoff step) pairs, the most useful first: the LLM alone (step 0), then
+    each router's handoffs at thresholds spread over its score range, coarse grid first."""
+    order: list[tuple[str, int]] = [(row["id"], 0) for row in slm_rows]
+    for grid in (5, points):
+        for name, router in routers().items():
+            for threshold in thresholds_for(router, slm_rows, grid):
+                for row in slm_rows:
+                    k = handoff_step(row["steps"], router, threshold)
+                    if k is not None:
+                        order.append((row["id"], k))
+    seen, unique = set(), []
+    for pair in order:
+        if pair not in seen:
+            seen.add(pair)
+            unique.append(pair)
+    return unique
+
+
+def run_llm(task_name: str, limit: int, minutes: float, points: int) -> None:
+    task = get_task(task_name)
+    slm_rows = read_jsonl(slm_path(task_name))[:limit]
+    out = llm_path(task_name)
+    done = {(row["id"], row["k"]) for row in read_jsonl(out)}
+    todo = [pair for pair in needed_handoffs(slm_rows, points) if pair not in done]
+    print(f"{task_name}: {len(done)} continuations done, {len(todo)} to go", flush=True)
+    # The LLM alone is its continuation of an empty reply: the same prompt, so a committed
+    # LLM-alone trace of the task (greedy, same prompt and budget) gives those rows for free.
+    alone = {row["id"]: row for row in read_jsonl(TRACES / f"{LLM}-{task_name}.jsonl")}
+    for question_id, k in [pair for pair in todo if pair[1] == 0 and pair[0] in alone]:
+        row = alone[question_id]
+        append(out, {"id": question_id, "k": 0, "model": row["model"], "text": row["output"],
+                     "prompt_tokens": row["prompt_tokens"],
+                     "completion_tokens": row["completion_tokens"],
+                     "latency_s": row["latency_s"], "from": f"{LLM}-{task_name}.jsonl"})
+    todo = [pair for pair in todo if not (pair[1] == 0 and pair[0] in alone)]
+    model = get_model(LLM)
+    by_id = {row["id"]: row for row in slm_rows}
+    config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS)
+    deadline = time.perf_counter() + minutes * 60
+    for number, (question_id, k) in enumerate(todo, 1):
+        if time.perf_counter() > deadline:
+            print("time is up; run again to go on", flush=True)
+            return
+        row = by_id[question_id]
+        prefix = "".join(step["text"] for step in row["steps"][:k])
+        kept_tokens = sum(call["completion_tokens"] for call in row["calls"][:k])
+        budget = GenerationConfig(max_new_tokens=max(1, config.max_new_tokens - kept_tokens))
+        generation = model.continue_reply(build_messages(row["question"], hint=task.hint),
+                                          prefix, budget)
+        append(out, {"id": question_id, "k": k, "model": model.name, "text": generation.text,
+                     "prompt_tokens": generation.prompt_tokens,
+                     "completion_tokens": generation.completion_tokens,
+                     "latency_s": round(generation.latency_s, 4)})
+        print(f"{task_name} llm {number}/{len(todo)} ({question_id}, k={k}) "
+              f"{generation.latency_s:.1f}s", flush=True)
+
+
+# -------------------------------------------------------------------------------------- report
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def evaluate(task_name: str, points: int) -> dict | None:
+    """Every router x threshold on the questions that have all their continuations, with the
+    question-level cascade and the LLM alone on the same questions."""
+    from corea.checking import is_correct
+    from corea.metrics import join_traces, sweep_curve
+    from corea.protocol import parse_reply
+
+    task = get_task(task_name)
+    slm_rows = read_jsonl(slm_path(task_name))
+    continuations = {(row["id"], row["k"]): row for row in read_jsonl(llm_path(task_name))}
+    if not slm_rows or not continuations:
+        return None
+    llm_name = next(iter(continuations.values()))["model"]
+    llm_price = default_price(llm_name)
+    llm_params = embedded.resolve_embedded(llm_name).params_billion
+    found = routers()
+    grids = {name: thresholds_for(router, slm_rows, points) for name, router in found.items()}
+
+    def covered(row) -> bool:
+        if (row["id"], 0) not in continuations:
+            return False
+        return all(k is None or (row["id"], k) in continuations
+                   for name, router in found.items() for t in grids[name]
+                   for k in [handoff_step(row["steps"], router, t)])
+
+    rows = [row for row in slm_rows if covered(row)]
+    if not rows:
+        return None
+
+    def replay(row, k):
+        return replay_handoff(row, k, continuations.get((row["id"], k)), llm_name=llm_name,
+                              llm_price=llm_price, llm_params=llm_params, checker=task.checker)
+
+    # The LLM alone: its continuation of an empty reply, a plain call (no SLM draft paid).
+    llm_alone = []
+    for row in rows:
+        alone = continuations[(row["id"], 0)]
+        parsed = parse_reply(alone["text"])
+        llm_alone.append({
+            "id": row["id"], "correct": is_correct(parsed.answer, row["gold"], task.checker),
+            "cost": llm_price.cost(alone["prompt_tokens"], alone["completion_tokens"]),
+            "flops": 2e9 * llm_params * (alone["prompt_tokens"] + alone["completion_tokens"]),
+            "confidence": parsed.confidence})
+    llm_accuracy = _mean(r["correct"] for r in llm_alone)
+    llm_cost = _mean(r["cost"] for r in llm_alone)
+    llm_flops = _mean(r["flops"] for r in llm_alone)
+
+    sweeps = {}
+    for name, router in found.items():
+        points_out = []
+        for threshold in grids[name]:
+            routed = [replay(row, handoff_step(row["steps"], router, threshold)) for row in rows]
+            steps = [s for r in routed for s in r["steps"]]
+            slm_share = _mean(s["model"] == rows[0]["model"] for s in steps)
+            points_out.append({
+                "threshold": threshold, "accuracy": _mean(r["correct"] for r in routed),
+                "cost": _mean(r["cost"] for r in routed),
+                "flops": _mean(r["flops"] for r in routed),
+                "llm_called": _mean(r["switches"] > 0 for r in routed),
+                "slm_step_share": slm_share,
+                "cut_steps": sum(r.get("cut_steps", 0) for r in routed),
+                "rows": routed})
+        sweeps[name] = points_out
+
+    question_level = {}
+    for signal in ("verbalized", "answer_probability"):
+        slm_signal = [{**row, "confidence": (row["confidence"] if signal == "verbalized"
+                                             else row.get("answer_probability")),
+                       "format_ok": row["format_ok"] if signal == "verbalized" else True}
+                      for row in rows]
+        pair = join_traces(slm_signal, llm_alone)
+        curve = sweep_curve(pair)
+        question_level[signal] = [
+            {"threshold": float(t), "accuracy": float(a), "cost": float(c)}
+            for t, a, c in zip(curve.thresholds, curve.accuracy, curve.cost)]
+    return {"task": task_name, "questions": len(rows), "of": len(slm_rows),
+            "slm_model": rows[0]["model"], "llm_model": llm_name,
+            "slm_accuracy": _mean(r["correct"] for r in rows),
+            "slm_cost": _mean(r["cost"] for r in rows),
+            "llm_accuracy": llm_accuracy, "llm_cost": llm_cost, "llm_flops": llm_flops,
+            "sweeps": sweeps, "question_level": question_level}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("slm", "llm", "report"))
+    parser.add_argument("--task", action="append", required=True)
+    parser.add_argument("--split")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--points", type=int, default=11, help="thresholds per router")
+    args = parser.parse_args(argv)
+    for task in args.task:
+        if args.command == "slm":
+            run_slm(task, args.split, args.limit)
+        elif args.command == "llm":
+            run_llm(task, args.limit, args.minutes, args.points)
+        else:
+            from benchmarks.step_report import write_report  # noqa: PLC0415
+
+            write_report(args.task, args.points)
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

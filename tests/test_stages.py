@@ -1,0 +1,156 @@
+"""The staged training recipe's data: arith-mix, the competence stage, the self-label stage."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from corea import arithmetic
+from corea.protocol import parse_reply
+from corea.tasks import ARITH_MIX_TEST_SIZE, arith_mix_test_rows, get_task
+from training.config import load_config
+from training.self_label import balanced, confidence_prefix, self_label_problems
+from training.sft import gsm8k_worked_solution, sft_rows
+
+
+def test_the_committed_arith_mix_test_split_is_what_the_generator_makes():
+    task = get_task("arith-mix")
+    committed = task.examples("test")
+    assert len(committed) == ARITH_MIX_TEST_SIZE
+    assert Counter(e.meta["level"] for e in committed) == {level: 60 for level in range(1, 6)}
+    assert [(e.id, e.question, e.gold, e.meta["level"]) for e in committed] == [
+        (r["id"], r["question"], r["gold"], r["level"]) for r in arith_mix_test_rows()]
+    assert len({e.id for e in committed}) == ARITH_MIX_TEST_SIZE
+
+
+def test_arith_mix_training_questions_come_on_demand_and_never_meet_the_test_split():
+    train = get_task("arith-mix").examples("train", 2000)
+    assert len(train) == 2000
+    assert Counter(e.meta["level"] for e in train) == {level: 400 for level in range(1, 6)}
+    test_questions = {e.question for e in get_task("arith-mix").examples("test")}
+    assert not test_questions & {e.question for e in train}
+    assert all(arithmetic.split_of(e.question) == "train" for e in train)
+
+
+def test_gsm8k_worked_solutions_lose_their_calculator_notes():
+    reasoning, answer = gsm8k_worked_solution(
+        "She sold 48/2 = <<48/2=24>>24 clips in May.\nIn all 48+24 = <<48+24=72>>72.\n#### 1,072")
+    assert reasoning == "She sold 48/2 = 24 clips in May.\nIn all 48+24 = 72."
+    assert answer == "1072"
+
+
+def test_competence_targets_end_with_the_answer_and_state_no_confidence():
+    config = load_config("training/configs/cpu-mix-sft.yaml",
+                         ["--sft_arith_per_level", "4", "--sft_gsm8k", "5"])
+    rows = sft_rows(config)
+    assert len(rows) == 5 * 4 + 5
+    for row in rows:
+        assert [m["role"] for m in row["prompt"]] == ["system", "user"]  # served zero-shot
+        target = row["completion"][0]["content"]
+        parsed = parse_reply(target)
+        assert parsed.answer is not None and parsed.confidence is None
+        assert "<<" not in target and "Confidence" not in target
+    # the generator's answer is the target's answer
+    problem = arithmetic.generate(1, "train", 4, seed=config.seed + 1)[0]
+    match = [r for r in rows if r["prompt"][-1]["content"].startswith(problem.question)]
+    assert parse_reply(match[0]["completion"][0]["content"]).answer == str(problem.answer)
+
+
+def test_competence_data_refuses_evaluation_questions(monkeypatch):
+    from training import sft
+
+    test_problem = get_task("arith-mix").examples("test")[0]
+    leaked = arithmetic.ArithmeticProblem(test_problem.question, int(test_problem.gold), 1, ())
+    monkeypatch.setattr(sft.arithmetic, "generate", lambda *args, **kwargs: [leaked])
+    config = load_config("training/configs/cpu-mix-sft.yaml", ["--sft_gsm8k", "0"])
+    with pytest.raises(ValueError, match="arith-mix/test"):
+        sft_rows(config)
+
+
+def test_confidence_goes_after_the_answer_of_a_reply_that_states_none():
+    assert confidence_prefix("3 + 4 = 7.\nAnswer: 7") == "3 + 4 = 7.\nAnswer: 7\nConfidence:"
+    assert confidence_prefix("3 + 4 = 7.\nAnswer: 7\nConfidence: 0.9") == \
+        "3 + 4 = 7.\nAnswer: 7\nConfidence:"
+    assert confidence_prefix("I do not know.") is None
+
+
+def test_balancing_keeps_both_sides_and_caps_the_commoner_one():
+    rows = [{"target": 0.1, "i": i} for i in range(30)] + [{"target": 0.9, "i": i}
+                                                           for i in range(5)]
+    kept = balanced(rows, seed=0)
+    counts = Counter(row["target"] for row in kept)
+    assert counts == {0.1: 10, 0.9: 5}
+    assert kept == sorted(kept, key=rows.index)  # order kept
+    assert balanced(rows[:30]) == rows[:30]  # one side only: nothing to balance against
+
+
+def test_self_label_problem_counts_per_task():
+    config = load_config("training/configs/cpu-mix-self-label.yaml",
+                         ["--self_label_tasks", "arith-mix:10,gsm8k:3"])
+    problems = self_label_problems(config)
+    assert len(problems) == 13
+    assert sum(p["id"].startswith("gsm8k-train") for p in problems) == 3
+
+
+def test_a_missing_start_adapter_fails_before_any_compute(tmp_path):
+    import subprocess
+    import sys
+
+    for stage in ("sft", "self-label", "grpo"):
+        result = subprocess.run(
+            [sys.executable, "-m", "training", stage, "--start_adapter", str(tmp_path / "none"),
+             "--output_dir", str(tmp_path / stage), "--eval_limit", "0"],
+            capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "not an adapter directory" in result.stderr, stage
+        assert not (tmp_path / stage / "run.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sft_epochs", "0"], "sft_epochs"),
+    (["--sft_gsm8k", "-1"], "sft_gsm8k"),
+    (["--self_label_batch_size", "0"], "self_label_batch_size"),
+    (["--sft_learning_rat", "1"], "did you mean sft_learning_rate"),
+])
+def test_impossible_stage_options_are_refused(args, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, args)
+
+
+def test_stage_commands_fail_clearly_on_a_bad_config(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft_epochz: 2\n")
+    for stage in ("sft", "self-label"):
+        result = subprocess.run([sys.executable, "-m", "training", stage, "--config", str(bad)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "did you mean sft_epochs" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "training", "sft", "--config",
+                             str(tmp_path / "missing.yaml")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "cannot read config" in result.stderr
+
+
+def test_stage_records_add_up_wall_time_over_resumes(tmp_path):
+    from training.records import load_run, timed
+
+    run = {}
+    with timed(run, "train_seconds", tmp_path):
+        pass
+    first = load_run(tmp_path)["train_seconds"]
+    with pytest.raises(KeyboardInterrupt):
+        with timed(run, "train_seconds", tmp_path):
+            raise KeyboardInterrupt
+    assert load_run(tmp_path)["train_seconds"] >= first
+    assert json.loads((tmp_path / "run.json").read_text()) == run
+
+
+def test_a_row_cap_keeps_every_confidence_level():
+    from training.self_label import spread_over_targets
+
+    rows = [{"target": t, "i": i} for i, t in enumerate([0.1] * 50 + [0.5] * 3 + [0.9] * 20)]
+    kept = spread_over_targets(rows, 12, seed=1)
+    assert len(kept) == 12
+    assert Counter(row["target"] for row in kept) == {0.1: 5, 0.5: 3, 0.9: 4}
+    assert kept == sorted(kept, key=lambda row: row["i"])

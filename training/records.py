@@ -1,0 +1,44 @@
+"""A stage's record on disk (OUTPUT_DIR/run.json): its config, data sizes, wall time, results.
+
+Every stage of `python -m training` keeps one; a stage resumed after an interruption adds the wall
+time of each invocation, so the record states the whole cost of the stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+RUN_FILE = "run.json"
+
+
+def load_run(output_dir: Path) -> dict:
+    path = Path(output_dir) / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_run(output_dir: Path, run: dict) -> None:
+    (Path(output_dir) / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}"
+
+
+@contextmanager
+def timed(run: dict, key: str, output_dir: Path):
+    """Adds the block's wall time to run[key] (seconds, summed over resumed invocations) and saves
+    the record, also when the block is interrupted."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        run[key] = round(run.get(key, 0.0) + time.perf_counter() - start, 1)
+        save_run(output_dir, run)

@@ -1,0 +1,144 @@
+"""The competence stage: supervised fine-tuning on worked solutions (TRL's SFTTrainer).
+
+    python -m training sft --config training/configs/cpu-sft.yaml
+
+The small model is first made right on easy questions. Its targets are worked solutions in the
+answer format, from two sources: generated arith-mix training problems (levels 1-5, the
+generator's own equations written out) and GSM8K train solutions with their calculator notes
+(`<<48/2=24>>`) removed. The target ends with `Answer: N` and has **no** confidence line: a
+constant confidence taught here would have to be unlearned, so confidence is left to the
+self-label stage, which measures this model's own correctness. Checkpoints every `save_steps`;
+running the command again resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from corea import arithmetic, embedded
+from corea.protocol import build_messages
+from corea.tasks import ARITH_MIX_LEVELS, HINTS, get_task, gsm8k_rows
+
+from training.config import TrainConfig
+from training.records import load_run, machine, save_run, timed
+
+_CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")
+
+
+def gsm8k_worked_solution(solution: str) -> tuple[str, str]:
+    """(reasoning, answer) of a GSM8K solution: calculator notes removed, `#### N` split off."""
+    reasoning, _, answer = solution.rpartition("####")
+    reasoning = _CALCULATOR_NOTE.sub("", reasoning).strip()
+    return reasoning, answer.strip().replace(",", "")
+
+
+def answer_only_reply(reasoning: str, answer: str) -> str:
+    """A reply in corea's format up to its answer: reasoning, then `Answer: N`; no confidence."""
+    return f"{reasoning.strip()}\nAnswer: {answer}"
+
+
+def sft_rows(config: TrainConfig) -> list[dict]:
+    """Prompt/completion pairs, shuffled (seeded). Generated problems come from the train split
+    only, so no arith-mix (or arith-N) test question is ever a target."""
+    hint = HINTS["numeric"]
+    rows = []
+    for level in ARITH_MIX_LEVELS:
+        for problem in arithmetic.generate(level, "train", config.sft_arith_per_level,
+                                           seed=config.seed + 1):
+            rows.append({"prompt": build_messages(problem.question, few_shot=config.few_shot,
+                                                  hint=hint),
+                         "completion": [{"role": "assistant", "content": answer_only_reply(
+                             problem.worked_solution(), str(problem.answer))}]})
+    if config.sft_gsm8k:
+        # From the end of the train split: the self-label and GRPO stages draw from its start.
+        solutions = gsm8k_rows("train")[-config.sft_gsm8k:]
+        for row in solutions:
+            reasoning, answer = gsm8k_worked_solution(row["answer"])
+            rows.append({"prompt": build_messages(row["question"], few_shot=config.few_shot,
+                                                  hint=hint),
+                         "completion": [{"role": "assistant",
+                                         "content": answer_only_reply(reasoning, answer)}]})
+    random.Random(config.seed).shuffle(rows)
+    _refuse_evaluation_questions(rows, config)
+    return rows
+
+
+def _refuse_evaluation_questions(rows: list[dict], config: TrainConfig) -> None:
+    asked = {row["prompt"][-1]["content"].rsplit("\n", 1)[0] for row in rows}
+    for spec in config.eval_tasks:
+        task = get_task(spec)
+        split = "test" if "test" in task.splits else task.default_split
+        shared = [e for e in task.examples(split) if e.question in asked]
+        if shared:
+            raise ValueError(f"{len(shared)} worked solution(s) answer {task.name}/{split} "
+                             f"questions (first: {shared[0].question[:60]!r})")
+
+
+def run_sft(config: TrainConfig) -> dict:
+    """Train (or resume) the competence stage; returns its record (OUTPUT_DIR/run.json)."""
+    from transformers import AutoTokenizer, TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    from training.adapters import model_to_train, write_serving
+    from training.grpo import (LOG_FILE, _on_cuda, check_trainable, embedded_name,
+                               point_adapter_at_base, trainable_checkpoint)
+
+    config.check_inputs()
+    rows = sft_rows(config)  # data problems surface before any model loads
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = trainable_checkpoint(config.model)
+    check_trainable(checkpoint, config.trust_remote_code)
+    run = load_run(output_dir)
+    run.update({"stage": "sft", "config": config.to_dict(), "base_model": config.model,
+                "examples": len(rows), "machine": machine()})
+    save_run(output_dir, run)
+    cuda = _on_cuda(config)
+
+    class JsonlLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                with open(output_dir / LOG_FILE, "a") as handle:
+                    handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=config.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    args = SFTConfig(output_dir=str(output_dir), num_train_epochs=config.sft_epochs,
+                     learning_rate=config.sft_learning_rate, lr_scheduler_type="cosine",
+                     warmup_steps=0.05, per_device_train_batch_size=config.sft_batch_size,
+                     logging_steps=config.logging_steps, save_strategy="steps",
+                     save_steps=config.save_steps, save_total_limit=2, report_to="none",
+                     use_cpu=not cuda, bf16=config.bf16 and cuda, seed=config.seed,
+                     completion_only_loss=True, max_length=768,
+                     # batches of similar lengths: less padding computed on CPU
+                     train_sampling_strategy="group_by_length",
+                     model_init_kwargs={"trust_remote_code": config.trust_remote_code})
+    start_adapter = Path(config.start_adapter) if config.start_adapter else None
+    if config.sft_lora:
+        model, peft_config = model_to_train(config, checkpoint, start_adapter)
+    else:
+        model, peft_config = checkpoint, None
+    from datasets import Dataset
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[JsonlLog()])
+    last = get_last_checkpoint(str(output_dir)) if config.resume else None
+    with timed(run, "train_seconds", output_dir):
+        trainer.train(resume_from_checkpoint=last)
+    adapter_dir = output_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    write_serving(adapter_dir, config)
+    if config.sft_lora:
+        point_adapter_at_base(adapter_dir, embedded_name(config.model)
+                              if embedded.resolve_embedded(config.model) else config.model)
+    run.update({"steps": trainer.state.global_step, "adapter": str(adapter_dir),
+                "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history)
+                                    if "loss" in e), None)})
+    save_run(output_dir, run)
+    return run
