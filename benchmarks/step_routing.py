@@ -207,6 +207,8 @@ def evaluate(task_name: str, points: int) -> dict | None:
             "cost": llm_price.cost(alone["prompt_tokens"], alone["completion_tokens"]),
             "flops": 2e9 * llm_params * (alone["prompt_tokens"] + alone["completion_tokens"]),
             "confidence": parsed.confidence})
+    prompt_share = _mean(llm_price.cost(continuations[(row["id"], 0)]["prompt_tokens"], 0)
+                         for row in rows) / _mean(r["cost"] for r in llm_alone)
     llm_accuracy = _mean(r["correct"] for r in llm_alone)
     llm_cost = _mean(r["cost"] for r in llm_alone)
     llm_flops = _mean(r["flops"] for r in llm_alone)
@@ -244,6 +246,7 @@ def evaluate(task_name: str, points: int) -> dict | None:
             "slm_accuracy": _mean(r["correct"] for r in rows),
             "slm_cost": _mean(r["cost"] for r in rows),
             "llm_accuracy": llm_accuracy, "llm_cost": llm_cost, "llm_flops": llm_flops,
+            "llm_prompt_share": prompt_share, "routers": sorted(found),
             "sweeps": sweeps, "question_level": question_level}
 
 

@@ -34,7 +34,8 @@ class Stage:
 STAGES = (
     Stage("untrained (few-shot prompt)", "smollm2", None),
     Stage("+ SFT (competence)", "smollm2-sft", "mix-sft"),
-    Stage("+ self-label", "smollm2-selflabel", "mix-self-label"),
+    # the shipped default SLM is the self-label stage's adapter
+    Stage("+ self-label (the shipped default)", "smollm2-calibrated", "mix-self-label"),
     Stage("+ GRPO (Brier)", "smollm2-grpo-brier", "mix-grpo-brier"),
     Stage("+ GRPO (group L1)", "smollm2-grpo-group", "mix-grpo-group"),
 )
@@ -138,10 +139,12 @@ def ablation_section(traces: Path, runs: Path) -> list[str]:
         sets = [f"{_pct(s['accuracy'])} · {_num(s['auroc'], '.2f')} (n={s['n']})" if s else "—"
                 for s in (row["gsm8k"], row["svamp"])]
         lines.append(f"| {row['stage'].label} | {levels} | {_pct(arith['accuracy'])} "
+                     f"(n={arith['n']}) "
                      f"| {_pct(arith['format_rate'])} | {_num(arith['ece'])} "
                      f"| {_num(arith['auroc'], '.2f')} | {held_cell} | {sets[0]} | {sets[1]} "
                      f"| {row['prompt_tokens']:.0f} · {row['completion_tokens']:.0f}, "
                      f"${row['cost'] * 1e6:.2f} per 1M q. | {_cost_cell(row['record'])} |")
+    lines += signal_table(traces)
     lines += ["", "Cost per question is the SLM's own (compute-based prices, README): the trained "
               "stages are served zero-shot, without the two worked examples the untrained model "
               "needs, so their prompts are shorter. "
@@ -226,6 +229,31 @@ answer is right.
 """ if untrained else ""
 
 
+def signal_table(traces: Path) -> list[str]:
+    """The shipped SLM's deferral signals on arith-mix side by side: its stated confidence, the
+    probability of its answer's tokens, and the hidden-state probe (corea.probe)."""
+    from corea.signals import with_signal
+
+    slm = _read(traces / f"{SHIPPED_PREFIX}-arith-mix.jsonl")
+    llm = _read(traces / "qwen-arith-mix.jsonl")
+    if not slm or not llm:
+        return []
+    lines = ["", "The shipped SLM's deferral signals on arith-mix (same questions, same held-out "
+             "halves):", "", "| signal | AUROC | ECE | held-out saving (loss) |", "|---|---|---|---|"]
+    for signal in ("verbalized", "answer_probability", "probe"):
+        if signal != "verbalized" and not any(signal in row for row in slm):
+            lines.append(f"| {signal} | not in the table | | |")
+            continue
+        pair = join_traces(with_signal(slm, signal), llm)
+        summary = trace_summary(with_signal(slm, signal))
+        held = held_out_saving(pair)
+        cell = ("none within 2 pts on the first half" if held is None else
+                f"{_pct(held['saving'])} ({held['loss'] * 100:+.1f} pts)")
+        lines.append(f"| {signal} | {_num(summary['auroc'], '.3f')} | {_num(summary['ece'])} "
+                     f"| {cell} |")
+    return lines
+
+
 SECTION_START = "## Training ablation"
 SECTION_END = "## Per data set"
 
@@ -256,8 +284,9 @@ def refresh_training_section(report: Path, traces: Path, runs: Path,
     return section
 
 
-SHIPPED = Stage("shipped default (adapters/smollm2-135m-calibrated)", "smollm2-calibrated", None)
+SHIPPED_PREFIX = "smollm2-calibrated"
 
 
 def shipped_row(traces: Path, runs: Path) -> dict | None:
-    return stage_row(SHIPPED, traces, runs)
+    stage = next(s for s in STAGES if s.trace_prefix == SHIPPED_PREFIX)
+    return stage_row(stage, traces, runs)

@@ -417,6 +417,11 @@ def speed_section(plan: BenchPlan) -> list[str]:
         if name == embedded.DEFAULT_SLM:  # the token signals' price: per-token log-probabilities
             run(f"{name} · llama.cpp · one at a time, with token log-probabilities",
                 LlamaCppModel(path, name=name, logprobs=True), batch=False)
+            trained = embedded.shipped_adapters().get(embedded.TRAINED_SLM)
+            if trained is not None:  # the trained SLM runs merged into the GGUF (Q8_0 there)
+                merged = embedded.merged_gguf(embedded.resolve_embedded(name), trained)
+                run(f"{name}+{trained.name} (merged GGUF) · llama.cpp · one at a time",
+                    LlamaCppModel(merged, name=trained.name), batch=False)
     for name in (embedded.DEFAULT_SLM, embedded.DEFAULT_LLM):
         # The transformers backend reads a checkpoint converted from the GGUF once and cached;
         # a conversion done here is reported as such, not as a load time.

@@ -98,7 +98,7 @@ def cmd_ask(args) -> int:
         except ValueError as error:
             raise UsageError(str(error)) from error
     else:
-        models = args.model or [embedded.DEFAULT_SLM, embedded.DEFAULT_LLM]
+        models = args.model or [embedded.default_slm(), embedded.DEFAULT_LLM]
         thresholds = args.threshold or [DEFAULT_THRESHOLD] * (len(models) - 1)
         if len(models) < 2:
             raise UsageError("a cascade needs at least two --model tiers")
@@ -469,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question", help="the question text")
     ask.add_argument("--model", action="append", metavar="M",
                      help="a tier's model, cheapest first; repeat for each tier (default: "
-                          f"{embedded.DEFAULT_SLM} then {embedded.DEFAULT_LLM})")
+                          f"{embedded.TRAINED_SLM} (the trained SmolLM2; `smollm2` for the untrained "
+                          f"one) then {embedded.DEFAULT_LLM})")
     ask.add_argument("--threshold", action="append", type=float, metavar="T",
                      help=f"confidence a tier needs to keep its answer, one per tier but the last "
                           f"(default: {DEFAULT_THRESHOLD})")
@@ -548,8 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accuracy loss allowed for the 'best' threshold (default: %(default)s)")
     sweep.add_argument("--signal", choices=SIGNALS, default="verbalized",
                        help="what the SLM defers on: its stated confidence (default), a token "
-                            "signal column of the SLM table, the vote share of --samples, or the "
-                            "oracle (defer exactly the SLM's wrong answers)")
+                            "signal column of the SLM table, the hidden-state probe's column "
+                            "(`corea probe score`), the vote share of --samples, or the oracle "
+                            "(defer exactly the SLM's wrong answers)")
     sweep.add_argument("--samples", type=Path, nargs="+", default=[],
                        help="sampled SLM trace tables of the same questions (for vote_share)")
     sweep.add_argument("--checker", choices=CHECKERS,

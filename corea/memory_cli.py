@@ -103,7 +103,8 @@ def cmd_bench_memory(args) -> int:
 
     command = "python -m corea " + shlex.join(args.argv)
     if args.action == "latency":
-        result = bench.retrieval_latency(args.size, args.store, args.queries)
+        result = bench.retrieval_latency(args.size, args.store, args.queries,
+                                         embed_fill=args.embed_fill)
         print(json.dumps(result, indent=2))
         if args.json_out:
             args.json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +193,9 @@ def add_commands(commands) -> None:
     bench.add_argument("--size", type=int, default=10_000, help="latency: stored strategies")
     bench.add_argument("--queries", type=int, default=200, help="latency: questions timed")
     bench.add_argument("--json-out", type=Path, help="latency: also write the result here")
+    bench.add_argument("--embed-fill", action="store_true",
+                       help="latency: embed the stored fixtures with MiniLM instead of random "
+                            "unit vectors (same search cost, minutes more CPU)")
     bench.add_argument("--report-dir", type=Path, default=Path("benchmarks/memory"),
                        help="stream/report: where the report's section and numbers go "
                             "(default: %(default)s)")

@@ -453,7 +453,7 @@ def default_config() -> CascadeConfig:
     a confidence of at least 0.8 (configs/default.json is this, written out)."""
     from corea import embedded
 
-    return CascadeConfig((TierSpec(embedded.DEFAULT_SLM, DEFAULT_THRESHOLD),
+    return CascadeConfig((TierSpec(embedded.default_slm(), DEFAULT_THRESHOLD),
                           TierSpec(embedded.DEFAULT_LLM)))
 
 

@@ -91,7 +91,8 @@ def split_steps(text: str, delimiters: tuple[str, ...] = DELIMITERS) -> list[str
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
 _EQUATION = re.compile(
-    r"(-?\$?\d[\d,]*(?:\.\d+)?(?:\s*[-+*/x×÷]\s*\$?\d[\d,]*(?:\.\d+)?)+)\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
+    r"(-?\$?\d[\d,]*(?:\.\d+)?(?:\s*[-+*/x×÷]\s*\$?\d[\d,]*(?:\.\d+)?)+)"
+    r"\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
 
 
 def _value(text: str) -> float:
@@ -588,7 +589,8 @@ def slm_step_row(example, task, split: str, model_name: str, reply: StepReply) -
         "answer": parsed.answer, "confidence": parsed.confidence, "format_ok": parsed.format_ok,
         "correct": is_correct(parsed.answer, example.gold, task.checker),
         "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"],
-        "cost": totals["cost"], "flops": totals["flops"], "latency_s": round(totals["latency_s"], 4),
+        "cost": totals["cost"], "flops": totals["flops"],
+        "latency_s": round(totals["latency_s"], 4),
         "answer_probability": answers[-1]["features"].get("answer_probability") if answers
         else None,
         **({"meta": example.meta} if example.meta else {}),

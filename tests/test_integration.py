@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 
 import pytest
 
@@ -61,6 +62,32 @@ def test_embedded_slm_log_probabilities_stream_and_whole_agree():
     assert all(t[1] <= 0 and (t[2] is None or t[2] <= t[1] + 1e-6) for t in whole.token_logprobs)
 
 
+def test_embedded_slm_answers_do_not_depend_on_what_was_asked_before():
+    # The same prompt asked twice in a row used to be re-evaluated from llama.cpp's cache, its
+    # last token alone, which moved this prompt's next-token logits by up to 0.87.
+    model = get_model("smollm2", logprobs=True)
+    question, other = build_messages("What is 12 * 3?"), build_messages("Is snow cold?")
+    first = model.generate([question], SHORT)[0]
+    again = model.generate([question], SHORT)[0]
+    model.generate([other], SHORT)
+    after_other = list(model.stream(question, SHORT))[-1]
+    assert first.text == again.text == after_other.text
+    assert first.token_logprobs == again.token_logprobs == after_other.token_logprobs
+
+
+def test_embedded_slm_stops_after_its_confidence_line():
+    model = get_model("smollm2")
+    messages = build_messages("Sara has 5 pens and buys 3 more. How many pens does she have?",
+                              hint="Give the final answer as a number.")
+    config = GenerationConfig(max_new_tokens=160)
+    plain = model.generate([messages], config)[0]
+    done = model.generate([messages], replace(config, stop_when_done=True))[0]
+    streamed = list(model.stream(messages, replace(config, stop_when_done=True)))[-1]
+    assert done.text == streamed.text and plain.text.startswith(done.text)
+    assert done.text.rstrip().splitlines()[-1].lower().startswith("confidence")
+    assert done.completion_tokens <= plain.completion_tokens
+
+
 @pytest.fixture(scope="module")
 def llama_server():
     from corea.embedded import smollm2_gguf
@@ -99,6 +126,13 @@ def test_endpoint_backend_against_a_real_server(llama_server):
         # The same weights and template, counted by the server: the same token counts.
         assert remote.prompt_tokens == mine.prompt_tokens
         assert remote.completion_tokens > 0 and remote.text.strip()
+    # llama.cpp's server (unlike corea's own llama.cpp backend) keeps its cache between requests
+    # and re-evaluates a prompt it has just answered from its last token alone, which moves
+    # greedy logits (see LlamaCppModel._forget). The two concurrent requests finish in either
+    # order, so another question goes in between: the stream's prompt is then evaluated in a
+    # multi-token batch, as the whole reply's was (those give the same logits, measured), and
+    # the streamed reply must be the same text.
+    model.generate(messages[1:], SHORT)
     snapshots = list(model.stream(messages[0], SHORT))
     assert snapshots[-1].done and snapshots[-1].completion_tokens > 0
     assert snapshots[-1].text == remote_gens[0].text
@@ -129,7 +163,8 @@ def test_ask_through_the_embedded_cascade():
     report = json.loads(result.stdout)
     # threshold 1.0: the SLM keeps only answers it is certain of; otherwise both tiers are paid
     steps = report["steps"]
-    assert steps[0]["model"] == "smollm2-135m"
+    # the default SLM: the shipped trained SmolLM2 (an adapter on the embedded model)
+    assert steps[0]["model"] == "smollm2-135m+smollm2-135m-calibrated"
     if steps[0]["decision"] == "deferred":
         assert steps[1]["model"] == "qwen2.5-coder-1.5b" and steps[1]["decision"] == "final"
         assert report["cost"] == pytest.approx(steps[0]["cost"] + steps[1]["cost"])

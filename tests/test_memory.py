@@ -507,26 +507,29 @@ def test_memory_command_exports_imports_lists_and_deletes(tmp_path, embedder, ca
 
 
 @needs_minilm
-@pytest.mark.integration
-def test_serve_gives_the_slm_the_configured_stores_strategies(tmp_path, embedder):
-    from test_serve import post, start_server, stop
-    from tiny import build_tiny_model
+def test_serve_gives_the_slm_the_configured_stores_strategies(tmp_path, tiny_model_dir,
+                                                              embedder):
+    from fastapi.testclient import TestClient
+
+    from corea.serve import create_app
 
     stored = _filled_store(tmp_path / "m.db", embedder)
-    slm, llm = build_tiny_model(tmp_path / "slm"), build_tiny_model(tmp_path / "llm", seed=1)
-    config = {"tiers": [{"model": str(slm), "threshold": 0.5}, {"model": str(llm)}],
-              "generation": {"max_new_tokens": 4},
-              "memory": {"store": str(tmp_path / "m.db")}}
-    process, base = start_server(config, tmp_path)
-    try:
-        code, body = post(base, json.dumps(
-            {"messages": [{"role": "user", "content": APPLES}]}).encode())
-        assert code == 200 and body["corea"]["memory"]["strategies"] == [stored]
-        code, body = post(base, json.dumps(
-            {"messages": [{"role": "user", "content": TOWER}]}).encode())
-        assert code == 200 and body["corea"]["memory"]["strategies"] == []  # below the gate
-    finally:
-        stop(process)
+    config = CascadeConfig.from_dict({
+        "tiers": [{"model": str(tiny_model_dir), "threshold": 0.5},
+                  {"model": str(tiny_model_dir)}],
+        "generation": {"max_new_tokens": 4}, "memory": {"store": str(tmp_path / "m.db")}})
+    client = TestClient(create_app(Cascade.from_config(config)))
+    asked = client.post("/v1/chat/completions",
+                        json={"messages": [{"role": "user", "content": APPLES}]})
+    assert asked.status_code == 200
+    assert asked.json()["corea"]["memory"]["strategies"] == [stored]
+    other = client.post("/v1/chat/completions",
+                        json={"messages": [{"role": "user", "content": TOWER}]})
+    assert other.json()["corea"]["memory"]["strategies"] == []  # nothing similar enough
+    streamed = client.post("/v1/chat/completions", json={
+        "stream": True, "messages": [{"role": "user", "content": APPLES}]})
+    last = [line for line in streamed.text.splitlines() if line.startswith("data: {")][-1]
+    assert json.loads(last[6:])["corea"]["memory"]["strategies"] == [stored]
 
 
 @needs_minilm

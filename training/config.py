@@ -75,6 +75,9 @@ class TrainConfig:
                                                 "rows, each labelled with the problem's share "
                                                 "(0 = all of them)")
     self_label_batch_size: int = option(16, "problems sampled together (each `samples` times)")
+    self_label_max_minutes: float = option(0.0, "stop sampling once the stage has sampled this "
+                                                "many minutes (over all its invocations) and train "
+                                                "on the problems sampled so far (0 = no limit)")
     self_label_max_rows: int = option(0, "train on at most this many labelled replies, drawn "
                                          "evenly over the targets (0 = all); every problem "
                                          "is still sampled and graded")
@@ -142,8 +145,8 @@ class TrainConfig:
                 raise ValueError(f"{name} cannot be negative")
         if self.sft_epochs <= 0 or self.sft_batch_size < 1:
             raise ValueError("sft_epochs must be positive and sft_batch_size at least 1")
-        if self.self_label_max_rows < 0:
-            raise ValueError("self_label_max_rows cannot be negative")
+        if self.self_label_max_rows < 0 or self.self_label_max_minutes < 0:
+            raise ValueError("self_label_max_rows and self_label_max_minutes cannot be negative")
         if self.self_label_replies_trained < 0 or self.self_label_batch_size < 1:
             raise ValueError("self_label_replies_trained cannot be negative and "
                              "self_label_batch_size must be at least 1")

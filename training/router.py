@@ -57,7 +57,9 @@ def reference_values(row: dict) -> set[float] | None:
     if found:
         level, index = int(found.group(1)), int(found.group(2))
         problem = arithmetic.generate(level, "train", index + 1)[index]
-        values = {round(float(eq.rsplit("=", 1)[1]), 6) for eq in problem.working}
+        # an operation's working may hold two equations ("5 * 4 = 20, and 19 + 20 = 39")
+        values = {round(float(v), 6) for eq in problem.working
+                  for v in re.findall(r"=\s*(-?\d+(?:\.\d+)?)", eq)}
         return values | {float(problem.answer)}
     found = _GSM8K_ID.match(row["id"])
     if found:
@@ -180,7 +182,8 @@ def fit_routers(rows: list[dict], out: str | Path) -> dict:
             test = [f for f, g in zip(features, fold) if g == part]
             if not train or not test or len(set(labels[fold != part].tolist())) < 2:
                 continue
-            fitted = fit_mixture(train) if name == "gmm" else fit_policy(train, labels[fold != part])
+            fitted = fit_mixture(train) if name == "gmm" else \
+                fit_policy(train, labels[fold != part])
             scores += [fitted.score(f) for f in test]
             truth += labels[fold == part].tolist()
         value = auroc(scores, np.array(truth, dtype=bool)) if scores else None

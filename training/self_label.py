@@ -14,6 +14,7 @@ and the warm-up use. Sampled replies are kept in OUTPUT_DIR, so an interrupted s
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from corea.checking import is_correct
@@ -126,7 +127,7 @@ def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer
 
 
 def sample_replies(config: TrainConfig, checkpoint: str, adapter: Path | None,
-                   problems: list[dict], path: Path) -> dict[str, list[str]]:
+                   problems: list[dict], path: Path, spent_s: float = 0.0) -> dict[str, list[str]]:
     """`self_label_samples` sampled replies per problem, appended to `path` as they come (a
     finished problem is not sampled again)."""
     from tqdm.auto import tqdm
@@ -151,7 +152,11 @@ def sample_replies(config: TrainConfig, checkpoint: str, adapter: Path | None,
     batch_size = config.self_label_batch_size
     with open(path, "a") as handle, tqdm(total=len(todo), desc="self-label samples",
                                          unit="q") as progress:
+        began = time.perf_counter() - spent_s
         for start in range(0, len(todo), batch_size):
+            if config.self_label_max_minutes and \
+                    time.perf_counter() - began > 60 * config.self_label_max_minutes:
+                break  # the time limit: train on what is sampled; a later run goes on
             batch = todo[start:start + batch_size]
             conversations = [build_messages(p["question"], few_shot=config.few_shot, hint=p["hint"])
                              for p in batch]
@@ -187,7 +192,10 @@ def run_self_label(config: TrainConfig, checkpoint: str, output_dir: Path,
     problems = self_label_problems(config)
     with timed(run, "sample_seconds", output_dir):
         replies = sample_replies(config, checkpoint, start_adapter, problems,
-                                 output_dir / REPLIES_FILE)
+                                 output_dir / REPLIES_FILE, run.get("sample_seconds", 0.0))
+    planned = len(problems)
+    problems = [problem for problem in problems if problem["id"] in replies]
+    run.update({"self_label_planned": planned, "self_label_sampled": len(problems)})
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -204,7 +212,7 @@ def run_self_label(config: TrainConfig, checkpoint: str, output_dir: Path,
     (output_dir / "self-label-targets.json").write_text(json.dumps(
         {"problems": len(problems), "labelled": labelled, "rows": len(rows),
          "targets": [row["target"] for row in rows]}) + "\n")
-    run.update({"self_label_problems": len(problems), "self_label_rows": len(rows)})
+    run["self_label_rows"] = len(rows)
     model, peft_config = model_to_train(config, checkpoint, start_adapter)
     checkpoints = output_dir / "self-label-checkpoints"
     args = SFTConfig(output_dir=str(checkpoints), num_train_epochs=config.self_label_epochs,
@@ -212,7 +220,8 @@ def run_self_label(config: TrainConfig, checkpoint: str, output_dir: Path,
                      logging_steps=1, save_strategy="steps", save_steps=config.save_steps,
                      save_total_limit=2, report_to="none", use_cpu=use_cpu,
                      bf16=config.bf16 and not use_cpu, seed=config.seed,
-                     completion_only_loss=True, max_length=2048)
+                     completion_only_loss=True, gradient_checkpointing=False,
+                     max_length=2048)
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
                          train_dataset=Dataset.from_list(
                              [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]))

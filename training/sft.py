@@ -114,7 +114,8 @@ def run_sft(config: TrainConfig) -> dict:
                      logging_steps=config.logging_steps, save_strategy="steps",
                      save_steps=config.save_steps, save_total_limit=2, report_to="none",
                      use_cpu=not cuda, bf16=config.bf16 and cuda, seed=config.seed,
-                     completion_only_loss=True, max_length=768,
+                     completion_only_loss=True, gradient_checkpointing=False,
+                     max_length=768,
                      # batches of similar lengths: less padding computed on CPU
                      train_sampling_strategy="group_by_length",
                      model_init_kwargs={"trust_remote_code": config.trust_remote_code})

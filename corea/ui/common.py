@@ -39,8 +39,11 @@ def _choices(default: str, *extra: str) -> list[str]:
 
 
 def slm_choices() -> list[str]:
-    """The Ask tab's small models, the default first."""
-    return _choices(embedded.DEFAULT_SLM, *shipped_adapters())
+    """The Ask tab's small models, the default (the shipped trained SLM) first; the untrained
+    embedded one stays selectable."""
+    choices = _choices(embedded.DEFAULT_SLM, *shipped_adapters())
+    default = embedded.default_slm()
+    return [default, *[choice for choice in choices if choice != default]]
 
 
 def llm_choices() -> list[str]:

@@ -40,7 +40,8 @@ def routed_html(steps: list[dict], slm_name: str, llm_name: str) -> str:
               f'{html.escape(slm_name)}&nbsp;</span> '
               f'<span style="background:{WRITER_COLOURS["llm"]}">&nbsp;'
               f'{html.escape(llm_name)}&nbsp;</span></small>')
-    return f'<div id="corea-routed">{legend}<div style="margin-top:4px">{"".join(spans)}</div></div>'
+    body = "".join(spans)
+    return f'<div id="corea-routed">{legend}<div style="margin-top:4px">{body}</div></div>'
 
 
 def routed_decision(result, slm_name: str, llm_name: str) -> str:

@@ -216,17 +216,22 @@ def train_on_device(config) -> dict:
 
 
 def _work(run: AppRun, config) -> None:
+    state = "failed"
     try:
         run.record = train_on_device(config)
-        run.state = "done"
+        state = "done"
     except Exception as error:  # noqa: BLE001 - whatever stops the run is shown on the page
-        cancelled = isinstance(error, TrainingCancelled) or (run.output_dir / CANCEL_FILE).exists()
-        run.state = "cancelled" if cancelled else "failed"
-        run.error = str(error) if cancelled else f"{type(error).__name__}: {error}"
+        # ZeroGPU hands back what the GPU function raised, possibly re-wrapped: the file tells.
+        if isinstance(error, TrainingCancelled) or (run.output_dir / CANCEL_FILE).exists():
+            state, run.error = "cancelled", str(error)
+        else:
+            run.error = f"{type(error).__name__}: {error}"
     finally:
         (run.output_dir / CANCEL_FILE).unlink(missing_ok=True)
         run.finished = time.time()
+        # The lock goes first: whoever sees the run ended may start the next one at once.
         _LOCK.release()
+        run.state = state
 
 
 def describe(run: AppRun, session: str = "") -> str:
@@ -249,6 +254,8 @@ def start_run(config_name: str, options: str = "", session: str = "", who: str =
     config = load_config(configs[config_name], overrides)
     output_dir = resume.output_dir if resume else _new_output_dir()
     config.output_dir = str(output_dir)
+    if ON_SPACES and "--device" not in overrides:
+        config.device = "auto"  # the configs name CPU; a Space's run gets the GPU it asked for
     if not _LOCK.acquire(blocking=False):
         what = describe(_current, session) if _current else "it is starting"
         raise RunInProgress(f"a run is in progress: {what}. Watch it, or start yours when it ends.")
@@ -369,9 +376,12 @@ def cancel(request: gr.Request = None) -> str:
 def watch(request: gr.Request = None):
     """Stream the current run's status and curves every POLL_SECONDS until it ends."""
     session, _ = _visitor(request)
-    run = _current
+    run, sent = _current, -1
     while run is not None and run.running:
-        yield run_status(run, session), run_plot(run)
+        logged = len(run.log())
+        # The figure is sent again only when the log grew: redrawing it unchanged makes it flicker.
+        yield run_status(run, session), run_plot(run) if logged != sent else gr.skip()
+        sent = logged
         time.sleep(POLL_SECONDS)
     yield run_status(run, session), run_plot(run)
 
