@@ -21,6 +21,7 @@ from corea.traces import read_trace
 
 MAX_DROP = 0.02
 HALF_SEED = 0
+MIN_JUDGED = 100  # held-out questions below which a saving is shown but called unjudged
 RUNS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "runs"
 
 
@@ -34,8 +35,7 @@ class Stage:
 STAGES = (
     Stage("untrained (few-shot prompt)", "smollm2", None),
     Stage("+ SFT (competence)", "smollm2-sft", "mix-sft"),
-    # the shipped default SLM is the self-label stage's adapter
-    Stage("+ self-label (the shipped default)", "smollm2-calibrated", "mix-self-label"),
+    Stage("+ self-label", "smollm2-selflabel", "mix-self-label"),
     Stage("+ GRPO (Brier)", "smollm2-grpo-brier", "mix-grpo-brier"),
     Stage("+ GRPO (group L1)", "smollm2-grpo-group", "mix-grpo-group"),
 )
@@ -101,6 +101,15 @@ def _num(value, spec=".3f") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _held_cell(held: dict | None) -> str:
+    if held is None:
+        return "none within 2 pts on the first half"
+    cell = f"{_pct(held['saving'])} ({held['loss'] * 100:+.1f} pts)"
+    if held["n_test"] < MIN_JUDGED:
+        cell += f", n={held['n_test']}: too few to judge"
+    return cell
+
+
 def _cost_cell(record: dict | None) -> str:
     if not record:
         return "—"
@@ -119,8 +128,9 @@ def ablation_section(traces: Path, runs: Path) -> list[str]:
     lines = [
         "## Training ablation: what each stage did to the small model", "",
         "SmolLM2-135M after each stage of `python -m training` (configs in training/configs/, "
-        "run records in benchmarks/runs/), on the 300 fixed arith-mix test questions (levels "
-        "1-5, 60 each) and the GSM8K/SVAMP questions of its tables. Held-out saving: the cheapest "
+        "run records in benchmarks/runs/), on the fixed arith-mix test questions (levels 1-5 "
+        "interleaved; n per row: the first n of the 300 that its table holds) and the GSM8K/SVAMP "
+        "questions of its tables. Held-out saving: the cheapest "
         f"threshold within {MAX_DROP * 100:.0f} points of the LLM alone on one seeded half of "
         "arith-mix, applied to the other half (saving and points lost there). Wall time on this "
         "machine, all of the stage (sampling included).", "",
@@ -134,8 +144,7 @@ def ablation_section(traces: Path, runs: Path) -> list[str]:
         levels = " / ".join(_pct(arith.get("accuracy_by_level", {}).get(str(level)))
                             for level in range(1, 6))
         held = row.get("held_out")
-        held_cell = ("none within 2 pts on the first half" if held is None else
-                     f"{_pct(held['saving'])} ({held['loss'] * 100:+.1f} pts)")
+        held_cell = _held_cell(held)
         sets = [f"{_pct(s['accuracy'])} · {_num(s['auroc'], '.2f')} (n={s['n']})" if s else "—"
                 for s in (row["gsm8k"], row["svamp"])]
         lines.append(f"| {row['stage'].label} | {levels} | {_pct(arith['accuracy'])} "
@@ -144,7 +153,8 @@ def ablation_section(traces: Path, runs: Path) -> list[str]:
                      f"| {_num(arith['auroc'], '.2f')} | {held_cell} | {sets[0]} | {sets[1]} "
                      f"| {row['prompt_tokens']:.0f} · {row['completion_tokens']:.0f}, "
                      f"${row['cost'] * 1e6:.2f} per 1M q. | {_cost_cell(row['record'])} |")
-    lines += signal_table(traces)
+    for prefix in SIGNAL_TABLES:
+        lines += signal_table(traces, prefix)
     lines += ["", "Cost per question is the SLM's own (compute-based prices, README): the trained "
               "stages are served zero-shot, without the two worked examples the untrained model "
               "needs, so their prompts are shorter. "
@@ -229,17 +239,19 @@ answer is right.
 """ if untrained else ""
 
 
-def signal_table(traces: Path) -> list[str]:
-    """The shipped SLM's deferral signals on arith-mix side by side: its stated confidence, the
-    probability of its answer's tokens, and the hidden-state probe (corea.probe)."""
+def signal_table(traces: Path, prefix: str) -> list[str]:
+    """A stage's deferral signals on arith-mix side by side: its stated confidence, the
+    probability of its answer's tokens, and the hidden-state probe (corea.probe), where its table
+    has them."""
     from corea.signals import with_signal
 
-    slm = _read(traces / f"{SHIPPED_PREFIX}-arith-mix.jsonl")
+    slm = _read(traces / f"{prefix}-arith-mix.jsonl")
     llm = _read(traces / "qwen-arith-mix.jsonl")
     if not slm or not llm:
         return []
-    lines = ["", "The shipped SLM's deferral signals on arith-mix (same questions, same held-out "
-             "halves):", "", "| signal | AUROC | ECE | held-out saving (loss) |", "|---|---|---|---|"]
+    label = next((s.label for s in STAGES if s.trace_prefix == prefix), prefix)
+    lines = ["", f"Deferral signals of the {label} model on arith-mix (same questions, same "
+             "held-out halves; a reply with no stated confidence reads 0):", "", "| signal | AUROC | ECE | held-out saving (loss) |", "|---|---|---|---|"]
     for signal in ("verbalized", "answer_probability", "probe"):
         if signal != "verbalized" and not any(signal in row for row in slm):
             lines.append(f"| {signal} | not in the table | | |")
@@ -247,8 +259,7 @@ def signal_table(traces: Path) -> list[str]:
         pair = join_traces(with_signal(slm, signal), llm)
         summary = trace_summary(with_signal(slm, signal))
         held = held_out_saving(pair)
-        cell = ("none within 2 pts on the first half" if held is None else
-                f"{_pct(held['saving'])} ({held['loss'] * 100:+.1f} pts)")
+        cell = _held_cell(held)
         lines.append(f"| {signal} | {_num(summary['auroc'], '.3f')} | {_num(summary['ece'])} "
                      f"| {cell} |")
     return lines
@@ -285,6 +296,8 @@ def refresh_training_section(report: Path, traces: Path, runs: Path,
 
 
 SHIPPED_PREFIX = "smollm2-calibrated"
+# Stages whose arith-mix tables carry token log-probabilities (and the probe's column, if scored).
+SIGNAL_TABLES = ("smollm2-sft", SHIPPED_PREFIX)
 
 
 def shipped_row(traces: Path, runs: Path) -> dict | None:

@@ -469,8 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question", help="the question text")
     ask.add_argument("--model", action="append", metavar="M",
                      help="a tier's model, cheapest first; repeat for each tier (default: "
-                          f"{embedded.TRAINED_SLM} (the trained SmolLM2; `smollm2` for the untrained "
-                          f"one) then {embedded.DEFAULT_LLM})")
+                          f"{embedded.default_slm()} then {embedded.DEFAULT_LLM})")
     ask.add_argument("--threshold", action="append", type=float, metavar="T",
                      help=f"confidence a tier needs to keep its answer, one per tier but the last "
                           f"(default: {DEFAULT_THRESHOLD})")

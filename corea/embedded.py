@@ -132,10 +132,11 @@ EMBEDDED_MODELS = {
 DEFAULT_SLM = "smollm2-135m"
 DEFAULT_LLM = "qwen2.5-coder-1.5b"
 
-# The trained small model that ships with the project (adapters/<name>, with its model card): the
-# default SLM of ask, serve and the app, in place of the untrained one, which stays selectable as
-# `smollm2`. See benchmarks/REPORT.md for what it measured against the untrained model.
-TRAINED_SLM = "smollm2-135m-calibrated"
+# The trained small model that becomes the default SLM of ask, serve and the app (an adapter
+# folder under adapters/, with its model card) once it measures better than the untrained one in
+# benchmarks/REPORT.md; the untrained model stays selectable as `smollm2`. None: no shipped adapter
+# has yet (the calibrated one defers nearly everything; see README).
+TRAINED_SLM: str | None = None
 
 # Calibrated adapters that ship with the project, each a folder with adapter_config.json; they are
 # named by their folder (`smollm2-calibrated`) wherever a model is named.
@@ -189,7 +190,7 @@ def merged_gguf(base: EmbeddedModel, adapter_dir: Path) -> Path:
 def default_slm() -> str:
     """The SLM a cascade starts with when none is named: the shipped trained model, or the
     untrained embedded one where the adapter is missing."""
-    return TRAINED_SLM if TRAINED_SLM in shipped_adapters() else DEFAULT_SLM
+    return TRAINED_SLM if TRAINED_SLM and TRAINED_SLM in shipped_adapters() else DEFAULT_SLM
 
 
 def resolve_embedded(name: str) -> EmbeddedModel | None:

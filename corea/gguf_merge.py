@@ -11,6 +11,7 @@ first use, from the embedded base and the shipped adapter, and cached.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,8 @@ def merge_lora_into_gguf(base: Path, adapter_dir: Path, out: Path) -> Path:
         merged[gguf_name] = delta
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial")
+    # One partial file per process: two processes merging at once never write the same file.
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
     writer = gguf.GGUFWriter(str(partial), arch=arch, endianess=reader.endianess)
     for field in reader.fields.values():
         if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):

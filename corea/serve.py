@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corea.cascade import Cascade, CascadeConfig, CascadeResult, TierSpec, TierStep
 from corea.models import Generation, GenerationConfig, ModelError
 from corea.protocol import MAX_QUESTION_CHARS
+from corea.stopping import find_stop, stop_of
 
 SERVED_MODEL = "corea-cascade"
 MAX_BODY_BYTES = 256 * 1024
@@ -251,13 +252,25 @@ class CascadeService:
                 if generation.done:
                     health.record(True, self.policy)
                     return generation, len(sent)
-                yield "delta", generation.text[len(sent):]
-                sent = generation.text
+                ready = _sendable(generation.text, config)
+                if len(ready) > len(sent):
+                    yield "delta", ready[len(sent):]
+                    sent = ready
         except ModelError:
             health.record(False, self.policy)
             if sent:  # part of the answer went out already: finish with what was written
                 return Generation(sent, 0, 0, 0.0), len(sent)
         return self._call(index, messages, config), 0
+
+
+def _sendable(text: str, config: GenerationConfig) -> str:
+    """What of a reply being written can go out now: text that no stop sequence can yet cut
+    (a backend finds a stop only once all of it is written, so its first characters are held)."""
+    found = find_stop(text, **stop_of(config))
+    if found is not None:
+        return text[:found.cut]
+    hold = max((len(sequence) for sequence in config.stop), default=1) - 1
+    return text[:len(text) - hold]
 
 
 # ---------------------------------------------------------------------------------------- the app

@@ -173,14 +173,14 @@ def test_ask_streams_both_tiers(client, tiny_dirs):
     outputs = job.outputs()
     final = outputs[-1]
     assert len(outputs) >= 2  # streamed, not one final answer
-    slm_text, bar, decision, llm_text, steps = final
+    slm_text, bar, decision, llm_text, steps, routed = final
     assert "Deferred" in decision and 'data-confidence="0.0000"' in bar
     assert [row[4] for row in steps["data"]] == ["deferred", "final"]
     assert all(row[6] > 0 for row in steps["data"])  # completion tokens counted
 
 
 def test_ask_on_a_token_signal_scores_the_slm_by_its_tokens(client, tiny_dirs):
-    slm_text, bar, decision, _, steps = client.predict(
+    slm_text, bar, decision, _, steps, _ = client.predict(
         "What is 2 + 2?", *tiny_dirs, "", "", 0.5, "a number", "answer token probability",
         api_name="/ask")
     # Random weights write no "Answer:" line, so there are no answer tokens to score: deferred.

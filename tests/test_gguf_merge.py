@@ -64,7 +64,7 @@ def test_merged_gguf_matches_transformers_with_the_adapter(random_adapter, tmp_p
     from corea.gguf_merge import merge_lora_into_gguf
 
     merged = merge_lora_into_gguf(smollm2_gguf(), random_adapter, tmp_path / "merged.gguf")
-    assert not merged.with_suffix(".partial").exists()
+    assert not list(tmp_path.glob("*.partial"))
     prompt = "<|im_start|>user\nTom has 3 apples and buys 4 more. How many?<|im_end|>\n" \
              "<|im_start|>assistant\n"
     from llama_cpp import Llama

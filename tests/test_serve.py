@@ -345,7 +345,7 @@ def test_serve_without_a_config_runs_the_embedded_defaults():
         stop(process)
     from corea import embedded
 
-    # the shipped trained SLM in front of the embedded LLM
+    # the default SLM (corea.embedded.default_slm) in front of the embedded LLM
     assert [t["model"] for t in tiers] == [embedded.default_slm(), "qwen2.5-coder-1.5b"]
     assert tiers[0]["threshold"] == 0.8
     assert "embedded defaults" in process.stdout.read()

@@ -67,11 +67,27 @@ def test_competence_data_refuses_evaluation_questions(monkeypatch):
         sft_rows(config)
 
 
-def test_confidence_goes_after_the_answer_of_a_reply_that_states_none():
-    assert confidence_prefix("3 + 4 = 7.\nAnswer: 7") == "3 + 4 = 7.\nAnswer: 7\nConfidence:"
+def test_a_reply_that_states_no_confidence_is_taught_to_write_the_line_itself():
+    assert confidence_prefix("3 + 4 = 7.\nAnswer: 7") == ("3 + 4 = 7.\nAnswer: 7",
+                                                         "\nConfidence:")
     assert confidence_prefix("3 + 4 = 7.\nAnswer: 7\nConfidence: 0.9") == \
-        "3 + 4 = 7.\nAnswer: 7\nConfidence:"
+        ("3 + 4 = 7.\nAnswer: 7\nConfidence:", "")
     assert confidence_prefix("I do not know.") is None
+
+
+def test_answer_only_replies_become_rows_whose_completion_writes_the_confidence_line(tmp_path):
+    from tiny import build_tiny_model
+    from transformers import AutoTokenizer
+
+    from training.self_label import labelled_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "model"))
+    problem = {"id": "p", "question": "What is 3 + 4?", "gold": "7", "checker": "numeric",
+               "hint": None}
+    rows = labelled_rows([problem], {"p": ["3 + 4 = 7.\nAnswer: 7", "Answer: 8"]}, tokenizer,
+                         few_shot=False)
+    assert [row["completion"] for row in rows] == ["\nConfidence: 0.5"] * 2
+    assert rows[0]["prompt"].endswith("3 + 4 = 7.\nAnswer: 7")
 
 
 def test_balancing_keeps_both_sides_and_caps_the_commoner_one():

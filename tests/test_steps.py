@@ -323,3 +323,37 @@ def test_ask_tab_colours_each_step_by_its_writer(tiny_model_dir, tmp_path):
                                "draft_confidence": 0.1, "cut": True}], "s", "l")
     assert html_steps.count('data-writer="slm"') == 1 and "&lt;b&gt;" in html_steps
     assert "replaced a draft scored 0.10" in html_steps and "cut" in html_steps
+
+
+def test_training_router_command_fits_loadable_routers(tmp_path):
+    from corea import arithmetic
+    from training.__main__ import main
+
+    rows = []
+    for index, problem in enumerate(arithmetic.generate(1, "train", 12)):
+        right = index % 2 == 0
+        answer = problem.answer if right else problem.answer + 1
+        left, value = problem.working[0].rsplit("=", 1)[0], int(problem.working[0].rsplit("=")[-1])
+        base = {"equation_check": 0.5, "tokens": 8, "index": 0, "cut": False, "numbers": 1,
+                "repeat": False, "answer_line": False}
+        sure, unsure = (0.9, 0.6, 0.8, 0.3), (0.5, 0.1, 0.3, 0.02)
+        stats = dict(zip(("mean_prob", "min_prob", "mean_margin", "min_margin"),
+                         sure if right else unsure))
+        rows.append({"id": f"arith-mix-arith1-train-{index:05d}", "task": "arith-mix",
+                     "question": problem.question, "gold": str(problem.answer), "steps": [
+                         {"text": f"{left}= {value if right else value + 1}.\n",
+                          "features": {**base, **stats, "equation_check": float(right)}},
+                         {"text": f"Answer: {answer}\n",
+                          "features": {**base, **stats, "answer_line": True, "index": 1}}]})
+    traces = tmp_path / "train.jsonl"
+    traces.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["router", "--traces", str(traces), "--out", str(tmp_path / "r")]) == 0
+    fit = json.loads((tmp_path / "r" / "fit.json").read_text())
+    assert fit["questions"] == 12 and fit["steps"] == 24
+    assert fit["auroc_in_sample"]["learned"] > 0.9
+    learned = load_router("learned", path=tmp_path / "r" / "learned.json")
+    gmm = load_router("gmm", path=tmp_path / "r" / "gmm.json")
+    assert learned.score(rows[0]["steps"][1]["features"]) > learned.score(
+        rows[1]["steps"][1]["features"])
+    assert 0.0 <= gmm.score(rows[0]["steps"][0]["features"]) <= 1.0
+    assert main(["router"]) == 2  # neither --task nor --traces: a clear error, no traceback

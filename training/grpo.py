@@ -20,7 +20,7 @@ from corea.metrics import expected_calibration_error
 from training.adapters import model_to_train, write_serving
 from training.config import TrainConfig
 from training.data import evaluation_sets, to_dataset, training_rows
-from training.records import RUN_FILE, load_run, machine, save_run, timed  # noqa: F401
+from training.records import RUN_FILE, begin_stage, load_run, machine, save_run, timed  # noqa: F401
 from training.rewards import CONFIDENCE_REWARDS, correctness_reward, format_reward, score
 
 LOG_FILE = "train_log.jsonl"
@@ -149,14 +149,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
 
     config.check_inputs()
     rows = training_rows(config)  # data problems surface before any model loads
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = trainable_checkpoint(config.model)
-    check_trainable(checkpoint, config.trust_remote_code)
-    run = load_run(output_dir)
-    run.update({"config": config.to_dict(), "base_model": config.model,
-                "train_questions": len(rows), "machine": machine()})
-    save_run(output_dir, run)
+    output_dir, checkpoint, run = begin_stage(config, train_questions=len(rows))
     if config.eval_limit and "before" not in run:
         run["before"] = _evaluate(config, checkpoint, None, "before")
         save_run(output_dir, run)

@@ -42,3 +42,21 @@ def timed(run: dict, key: str, output_dir: Path):
     finally:
         run[key] = round(run.get(key, 0.0) + time.perf_counter() - start, 1)
         save_run(output_dir, run)
+
+
+def begin_stage(config, **fields) -> tuple[Path, str, dict]:
+    """What every stage does first, before any training: check its inputs, make OUTPUT_DIR, find
+    a trainable checkpoint of the model (a clear error if there is none), and update and save the
+    run record with the config, the machine and `fields`. Returns (output_dir, checkpoint, run)."""
+    from training.grpo import check_trainable, trainable_checkpoint
+
+    config.check_inputs()
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = trainable_checkpoint(config.model)
+    check_trainable(checkpoint, config.trust_remote_code)
+    run = load_run(output_dir)
+    run.update({"config": config.to_dict(), "base_model": config.model, "machine": machine(),
+                **fields})
+    save_run(output_dir, run)
+    return output_dir, checkpoint, run

@@ -51,17 +51,19 @@ def target_confidence(right: int, samples: int) -> float:
     return round((right + 0.5) / (samples + 1), 2)
 
 
-def confidence_prefix(reply: str) -> str | None:
-    """The reply up to where its confidence value goes: before its last confidence value (which
-    is to be replaced), or after its answer line when it states none (a model fine-tuned on
-    answers only); None when the reply gives no answer to be confident about."""
+def confidence_prefix(reply: str) -> tuple[str, str] | None:
+    """(prefix, lead): the reply up to where the confidence goes, and what the model must write
+    there before the value. A reply that states a confidence is cut before its last value (which
+    is to be replaced; lead ""); one that stops after its answer (a model fine-tuned on answers
+    only) is kept whole and the model is taught to write the line itself (lead
+    "\nConfidence:"). None when the reply gives no answer to be confident about."""
     parsed = parse_reply(reply)
     if parsed.answer is None:
         return None
     span = confidence_span(reply) if parsed.format_ok else None
     if span:
-        return reply[:span[0]].rstrip(" \t")
-    return f"{reply.rstrip()}\nConfidence:"
+        return reply[:span[0]].rstrip(" \t"), ""
+    return reply.rstrip(), "\nConfidence:"
 
 
 def balanced(rows: list[dict], seed: int = 0) -> list[dict]:
@@ -117,11 +119,11 @@ def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer
         target = target_confidence(right, len(texts))
         messages = build_messages(problem["question"], few_shot=few_shot, hint=problem["hint"])
         prefixes = [p for p in map(confidence_prefix, texts) if p is not None]
-        for prefix in prefixes[:per_problem or None]:
+        for prefix, lead in prefixes[:per_problem or None]:
             prompt = tokenizer.apply_chat_template(
                 messages + [{"role": "assistant", "content": prefix}],
                 tokenize=False, continue_final_message=True)
-            rows.append({"prompt": prompt, "completion": f" {target:g}",
+            rows.append({"prompt": prompt, "completion": f"{lead} {target:g}",
                          "id": problem["id"], "target": target})
     return rows
 
@@ -239,18 +241,10 @@ def run_self_label_stage(config: TrainConfig) -> dict:
     (the competence stage's adapter); its adapter is OUTPUT_DIR/adapter."""
     import shutil
 
-    from training.grpo import _on_cuda, check_trainable, embedded_name, point_adapter_at_base
-    from training.grpo import trainable_checkpoint
-    from training.records import load_run, machine
+    from training.grpo import _on_cuda, embedded_name, point_adapter_at_base
+    from training.records import begin_stage
 
-    config.check_inputs()
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = trainable_checkpoint(config.model)
-    check_trainable(checkpoint, config.trust_remote_code)
-    run = load_run(output_dir)
-    run.update({"stage": "self-label", "config": config.to_dict(), "base_model": config.model,
-                "machine": machine()})
+    output_dir, checkpoint, run = begin_stage(config, stage="self-label")
     start = Path(config.start_adapter) if config.start_adapter else None
     trained = run_self_label(config, checkpoint, output_dir, start, not _on_cuda(config), run)
     adapter_dir = output_dir / "adapter"

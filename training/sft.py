@@ -23,7 +23,7 @@ from corea.protocol import build_messages
 from corea.tasks import ARITH_MIX_LEVELS, HINTS, get_task, gsm8k_rows
 
 from training.config import TrainConfig
-from training.records import load_run, machine, save_run, timed
+from training.records import begin_stage, save_run, timed
 
 _CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")
 
@@ -84,19 +84,11 @@ def run_sft(config: TrainConfig) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from training.adapters import model_to_train, write_serving
-    from training.grpo import (LOG_FILE, _on_cuda, check_trainable, embedded_name,
-                               point_adapter_at_base, trainable_checkpoint)
+    from training.grpo import LOG_FILE, _on_cuda, embedded_name, point_adapter_at_base
 
     config.check_inputs()
     rows = sft_rows(config)  # data problems surface before any model loads
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = trainable_checkpoint(config.model)
-    check_trainable(checkpoint, config.trust_remote_code)
-    run = load_run(output_dir)
-    run.update({"stage": "sft", "config": config.to_dict(), "base_model": config.model,
-                "examples": len(rows), "machine": machine()})
-    save_run(output_dir, run)
+    output_dir, checkpoint, run = begin_stage(config, stage="sft", examples=len(rows))
     cuda = _on_cuda(config)
 
     class JsonlLog(TrainerCallback):

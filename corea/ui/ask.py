@@ -143,7 +143,8 @@ def build_ask_tab() -> None:
             with gr.Accordion("Strategy memory", open=False):
                 use_memory = gr.Checkbox(label="Give the SLM strategies from memory",
                                          info="and let a deferred question's LLM answer add one")
-                memory_store = gr.Textbox(label="Store", placeholder="empty: the app's store")
+                memory_store = gr.Textbox(label="Store", value="",
+                                          placeholder="empty: the app's store")
                 memory_namespace = gr.Textbox(label="Namespace", value="default")
     gr.Examples(example_questions(), [question, answer_kind], label="Examples")
     with gr.Row():
