@@ -164,79 +164,8 @@ def ablation_section(traces: Path, runs: Path) -> list[str]:
     return lines
 
 
-def model_card(row: dict, untrained: dict | None, stages: list[dict]) -> str:
-    """The shipped trained SLM's card, every figure read from its trace tables and run records
-    (written by `python -m corea bench`, beside the adapter)."""
-    arith = row["arith"]
-    levels = arith.get("accuracy_by_level", {})
-    held = row.get("held_out")
-
-    def versus(key, source):
-        before = untrained and untrained.get(source, {}) and untrained[source]
-        now = row.get(source) if source != "arith" else arith
-        if not now:
-            return "—"
-        old = before.get(key) if before else None
-        shown = _num(now.get(key), ".3f") if key != "accuracy" else _pct(now.get(key))
-        was = (_num(old, ".3f") if key != "accuracy" else _pct(old)) if old is not None else None
-        return f"{was} → {shown}" if was else shown
-
-    recipe = "\n".join(
-        f"- **{r['stage'].label.lstrip('+ ')}** (`python -m training "
-        f"{'grpo' if 'grpo' in r['stage'].record else r['stage'].record.split('mix-')[1]} "
-        f"--config training/configs/cpu-{r['stage'].record}.yaml`): {_cost_cell(r['record'])}"
-        + (f"; {r['record']['stopped_early']} ({r['record']['steps']} of "
-           f"{r['record']['planned_steps']} steps)" if r["record"] and
-           r["record"].get("stopped_early") else "")
-        for r in stages if r["stage"].record and r["record"])
-    return f"""---
-base_model: HuggingFaceTB/SmolLM2-135M-Instruct
-library_name: peft
-license: apache-2.0
-tags: [corea, confidence-calibration, cascade, lora, sft, trl]
-pipeline_tag: text-generation
----
-
-# SmolLM2-135M, trained to be right on easy arithmetic and to say when it is
-
-The default small model of corea's cascade: a LoRA adapter (r=32) on SmolLM2-135M-Instruct,
-served **zero-shot** (corea's system prompt, no worked examples) and on llama.cpp through a merged
-GGUF that corea builds once from the embedded base (`corea.gguf_merge`). It answers, then states
-`Confidence: <0 to 1>`; a cascade defers to the large model below a threshold.
-
-## How it was trained (this machine: 2 CPU cores, no GPU)
-
-{recipe}
-
-## Measured (held-out questions, greedy; `python -m corea bench` recomputes this card)
-
-Untrained (few-shot prompt) → this model. arith-mix: the 300 fixed test questions (levels 1-5).
-
-| | arith-mix | GSM8K | SVAMP |
-|---|---|---|---|
-| accuracy | {versus("accuracy", "arith")} | {versus("accuracy", "gsm8k")} | {versus("accuracy", "svamp")} |
-| ECE of the stated confidence | {versus("ece", "arith")} | {versus("ece", "gsm8k")} | {versus("ece", "svamp")} |
-| AUROC of the stated confidence | {versus("auroc", "arith")} | {versus("auroc", "gsm8k")} | {versus("auroc", "svamp")} |
-
-arith-mix accuracy by level: {" · ".join(f"L{k} {_pct(v)}" for k, v in levels.items())};
-format followed {_pct(arith['format_rate'])}; mean stated confidence {arith['mean_confidence']:.2f}.
-
-In front of Qwen2.5-Coder-1.5B on arith-mix, a threshold chosen on one seeded half of the
-questions {"saves " + _pct(held['saving']) + " of the LLM-alone cost on the other half, at "
-           + f"{held['loss'] * 100:+.1f} points against the LLM alone there (threshold "
-           + f"{held['threshold']:.2f}, {_pct(held['llm_share'])} of questions deferred)"
-           if held else "finds no threshold within 2 points of the LLM alone"}.
-Cost per question of its own replies: {row['prompt_tokens']:.0f} prompt and
-{row['completion_tokens']:.0f} completion tokens (the untrained model needs the two worked
-examples: {untrained['prompt_tokens']:.0f} prompt tokens).
-
-## Limits
-
-It is a 135M model trained on generated arithmetic and GSM8K solutions: on GSM8K and SVAMP it
-is still mostly wrong, and says so less reliably than on arith-mix (see the AUROC above). Its
-confidence tracks mostly how hard a question looks (how many operations), less whether a given
-answer is right.
-""" if untrained else ""
+# Stages whose arith-mix tables carry token log-probabilities (and the probe's column, if scored).
+SIGNAL_TABLES = ("smollm2-sft", "smollm2-selflabel")
 
 
 def signal_table(traces: Path, prefix: str) -> list[str]:
@@ -269,10 +198,9 @@ SECTION_START = "## Training ablation"
 SECTION_END = "## Per data set"
 
 
-def refresh_training_section(report: Path, traces: Path, runs: Path,
-                             card_dir: Path | None = None) -> list[str]:
-    """Rewrite only the training ablation section of an existing report (and the trained
-    model's card), from the trace tables and run records: seconds, no model runs."""
+def refresh_training_section(report: Path, traces: Path, runs: Path) -> list[str]:
+    """Rewrite only the training ablation section of an existing report, from the trace tables
+    and run records: seconds, no model runs."""
     section = ablation_section(traces, runs)
     if not section:
         raise ValueError(f"no stage has an arith-mix table in {traces}: trace the stages first")
@@ -286,20 +214,4 @@ def refresh_training_section(report: Path, traces: Path, runs: Path,
     else:
         head, tail = text, ""
     report.write_text(head + "\n".join(section) + "\n" + tail)
-    if card_dir is not None:
-        rows = [r for r in (stage_row(s, traces, runs) for s in STAGES) if r]
-        untrained = next((r for r in rows if r["stage"].record is None), None)
-        final = shipped_row(traces, runs)
-        if final is not None and untrained is not None:
-            (card_dir / "README.md").write_text(model_card(final, untrained, rows))
     return section
-
-
-SHIPPED_PREFIX = "smollm2-calibrated"
-# Stages whose arith-mix tables carry token log-probabilities (and the probe's column, if scored).
-SIGNAL_TABLES = ("smollm2-sft", SHIPPED_PREFIX)
-
-
-def shipped_row(traces: Path, runs: Path) -> dict | None:
-    stage = next(s for s in STAGES if s.trace_prefix == SHIPPED_PREFIX)
-    return stage_row(stage, traces, runs)

@@ -394,8 +394,7 @@ def cmd_bench(args) -> int:
         from corea.ablation import RUNS_DIR, refresh_training_section
 
         report = args.out or Path("benchmarks") / "REPORT.md"
-        card = embedded.shipped_adapters().get(embedded.TRAINED_SLM)
-        print("\n".join(refresh_training_section(report, args.traces, RUNS_DIR, card)))
+        print("\n".join(refresh_training_section(report, args.traces, RUNS_DIR)))
         return 0
     limit = args.limit or (20 if args.quick else 200)
     samples = args.samples if args.samples is not None else (3 if args.quick else 5)
@@ -625,8 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "or benchmarks/quick/REPORT.md with --quick)")
     bench.add_argument("--max-new-tokens", type=int, default=GenerationConfig.max_new_tokens)
     bench.add_argument("--training-only", action="store_true",
-                       help="only rewrite the report's training ablation section and the trained "
-                            "SLM's model card, from the trace tables (seconds)")
+                       help="only rewrite the report's training ablation section, from the trace "
+                            "tables and run records (seconds)")
     bench.set_defaults(handler=cmd_bench)
 
     models = commands.add_parser("models", help="list the embedded models and their prices")

@@ -215,19 +215,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for name, raw in data.items():
             key = _check_key(str(name))
             values[key] = _convert(key, raw)
-    items = list(overrides or [])
-    while items:
-        token = items.pop(0)
-        if not token.startswith("--"):
-            raise ValueError(f"expected --key value, got {token!r}")
-        name, _, raw = token[2:].partition("=")
-        if not _:
-            if not items:
-                raise ValueError(f"--{name} needs a value")
-            raw = items.pop(0)
+    for name, raw in override_pairs(overrides or []):
         key = _check_key(name)
         values[key] = _convert(key, raw)
     return TrainConfig(**values)
+
+
+def override_pairs(items: list[str]) -> list[tuple[str, str]]:
+    """(name, value) of each `--key value` or `--key=value` in `items`, in order."""
+    items, pairs = list(items), []
+    while items:
+        token = items.pop(0)
+        if not token.startswith("--"):
+            raise ValueError(f"options are `--key value` pairs, not {token!r}")
+        name, equals, raw = token[2:].partition("=")
+        if not equals:
+            if not items:
+                raise ValueError(f"--{name} needs a value")
+            raw = items.pop(0)
+        pairs.append((name, raw))
+    return pairs
 
 
 def options_help() -> str:

@@ -158,16 +158,10 @@ def parse_options(text: str) -> list[str]:
         items = shlex.split(text or "")
     except ValueError as error:
         raise ValueError(f"cannot read the options: {error}") from None
+    from training.config import override_pairs
+
     overrides = []
-    while items:
-        token = items.pop(0)
-        if not token.startswith("--"):
-            raise ValueError(f"options are `--key value` pairs, not {token!r}")
-        name, equals, value = token[2:].partition("=")
-        if not equals:
-            if not items:
-                raise ValueError(f"--{name} needs a value")
-            value = items.pop(0)
+    for name, value in override_pairs(items):
         key = name.replace("-", "_")
         _check_value(key, value)
         overrides += [f"--{key}", value]
