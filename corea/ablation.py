@@ -35,6 +35,7 @@ class Stage:
 STAGES = (
     Stage("untrained (few-shot prompt)", "smollm2", None),
     Stage("+ SFT (competence)", "smollm2-sft", "mix-sft"),
+    Stage("+ SFT, measured confidence line", "smollm2-sftconf", "mix-sft-conf"),
     Stage("+ self-label", "smollm2-selflabel", "mix-self-label"),
     Stage("+ GRPO (Brier)", "smollm2-grpo-brier", "mix-grpo-brier"),
     Stage("+ GRPO (group L1)", "smollm2-grpo-group", "mix-grpo-group"),
@@ -160,12 +161,16 @@ def ablation_section(traces: Path, runs: Path) -> list[str]:
               "needs, so their prompts are shorter. "
               "A stage whose replies state no confidence (the SFT stage teaches none) has "
               "format 0% and defers everything on the stated confidence; its accuracy still "
-              "counts.", ""]
+              "counts. The second SFT pass goes on from the first with fresh worked solutions "
+              "that end with a confidence line whose value is the first model's measured share "
+              "right on training questions of the same level (training/configs/"
+              "cpu-mix-sft-conf.yaml); the self-label stage then sets each value from the "
+              "model's own sampled replies per question.", ""]
     return lines
 
 
 # Stages whose arith-mix tables carry token log-probabilities (and the probe's column, if scored).
-SIGNAL_TABLES = ("smollm2-sft", "smollm2-selflabel")
+SIGNAL_TABLES = ("smollm2-sft", "smollm2-sftconf", "smollm2-selflabel")
 
 
 def signal_table(traces: Path, prefix: str) -> list[str]:

@@ -467,6 +467,54 @@ def speed_section(plan: BenchPlan) -> list[str]:
     return lines
 
 
+RESULTS_DIR = RUNS_DIR.parent / "results"
+
+
+def serving_lines(results: Path = RESULTS_DIR) -> list[str]:
+    """The token signals' price and the Ask tab's latency, read from the JSON their scripts
+    write (benchmarks/token_signal_cost.py, benchmarks/ask_latency.py), where they have run."""
+    import json
+
+    def machine(report):
+        found = report["machine"]
+        load = found.get("load_average_before")
+        return (f"{found['machine']}, {found['cores']} cores, {found['threads']} llama.cpp "
+                f"thread(s)" + (f", load average {load[0]:.1f} when it started" if load else ""))
+
+    lines = []
+    cost = results / "token_signal_cost.json"
+    if cost.is_file():
+        report = json.loads(cost.read_text())
+        arms = report["arms"]
+        before = arms.get("token signals via logits_all (before)")
+        lines += ["**Token signals' price** (`" + report["command"] + "`, " + report["date"]
+                  + f", {machine(report)}): {report['questions']} {report['task']} questions, "
+                  f"{report['model']}. Seconds per question: "
+                  f"{arms['plain']['mean_seconds_per_question']:.2f} plain, "
+                  f"{arms['token signals']['mean_seconds_per_question']:.2f} with the token "
+                  f"signals' log-probabilities: **{arms['token signals']['ratio_to_plain']:.2f}x** "
+                  "plain" + (f" ({before['mean_seconds_per_question']:.2f} s, "
+                             f"{before['ratio_to_plain']:.2f}x, the way they were read before, "
+                             "with llama.cpp's logits_all)" if before else "")
+                  + f". Same reply in every arm on {report['same_text']} of "
+                  f"{report['questions']} questions"
+                  + (f"; the log-probabilities differ from logits_all's by at most "
+                     f"{report['max_logprob_difference_vs_logits_all']:.1e}"
+                     if "max_logprob_difference_vs_logits_all" in report else "") + ".", ""]
+    latency = results / "ask_latency.json"
+    if latency.is_file():
+        report = json.loads(latency.read_text())
+        first, final = report["first_token_s"], report["final_answer_s"]
+        deferred = sum(run["deferred"] for run in report["questions"])
+        lines += ["**Ask tab latency** (`" + report["command"] + "`, " + report["date"]
+                  + f", {machine(report)}): on a warm app, over its {len(report['questions'])} "
+                  f"example questions ({deferred} deferred to the LLM at the default threshold), "
+                  f"the first streamed token after a median {first['median']:.2f} s (max "
+                  f"{first['max']:.2f} s), the final answer after a median "
+                  f"{final['median']:.2f} s (max {final['max']:.2f} s).", ""]
+    return lines
+
+
 def run_bench(plan: BenchPlan, command: str) -> Path:
     tables = build_traces(plan)
     plan.out.parent.mkdir(parents=True, exist_ok=True)
@@ -539,6 +587,7 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         "", *sections,
         *protection_table(tables, pairs_by_dataset),
         *speed_section(plan),
+        *serving_lines(),
     ]
     plan.out.write_text("\n".join(lines) + "\n")
     return plan.out

@@ -182,3 +182,26 @@ def test_answered_auroc_leaves_out_replies_without_an_answer():
     assert answered_auroc(swapped, {"a", "b"}) == 0.0
     assert summarize(swapped)["auroc"] == 0.5
     assert answered_auroc(pair, set()) is None
+
+
+def test_serving_lines_read_the_speed_scripts_results(tmp_path):
+    from corea.bench import serving_lines
+
+    assert serving_lines(tmp_path) == []
+    machine = {"machine": "x86_64", "cores": 2, "threads": "1", "load_average_before": [3.2, 3, 3]}
+    (tmp_path / "token_signal_cost.json").write_text(json.dumps({
+        "command": "python benchmarks/token_signal_cost.py --limit 2", "date": "2025-01-01 10:00",
+        "machine": machine, "questions": 2, "task": "svamp", "model": "smollm2-135m",
+        "same_text": 2, "max_logprob_difference_vs_logits_all": 0.0,
+        "arms": {"plain": {"mean_seconds_per_question": 2.0, "ratio_to_plain": 1.0},
+                 "token signals": {"mean_seconds_per_question": 2.1, "ratio_to_plain": 1.05},
+                 "token signals via logits_all (before)": {"mean_seconds_per_question": 7.2,
+                                                           "ratio_to_plain": 3.6}}}))
+    (tmp_path / "ask_latency.json").write_text(json.dumps({
+        "command": "python benchmarks/ask_latency.py", "date": "2025-01-01 10:05",
+        "machine": machine, "questions": [{"deferred": True}, {"deferred": False}],
+        "first_token_s": {"median": 0.4, "max": 0.6}, "final_answer_s": {"median": 3.0, "max": 9.5}}))
+    cost, _, latency, _ = serving_lines(tmp_path)
+    assert "**1.05x** plain" in cost and "3.60x" in cost and "load average 3.2" in cost
+    assert "2 of 2 questions" in cost and "--limit 2" in cost
+    assert "median 0.40 s (max 0.60 s)" in latency and "1 deferred" in latency

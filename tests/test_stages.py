@@ -56,6 +56,51 @@ def test_competence_targets_end_with_the_answer_and_state_no_confidence():
     assert parse_reply(match[0]["completion"][0]["content"]).answer == str(problem.answer)
 
 
+def _trace_rows(path, rows):
+    path.write_text("".join(json.dumps({
+        "id": f"q{i}", "task": task, "split": split, "question": f"question {i}", "gold": "1",
+        "model": "m", "output": "Answer: 1", "answer": "1", "confidence": None,
+        "format_ok": False, "correct": correct, "prompt_tokens": 1, "completion_tokens": 1,
+        "cost": 0.0, "latency_s": 0.0, "meta": {"level": level} if level else {}}) + "\n"
+        for i, (task, split, level, correct) in enumerate(rows)))
+    return path
+
+
+def test_competence_targets_state_the_measured_share_right_of_their_group(tmp_path):
+    rows = [("arith-mix", "train", level, right) for level in range(1, 6)
+            for right in [True] * (6 - level) + [False] * level]  # level k: 6-k of 6 right
+    rows += [("gsm8k", "train", None, False)] * 3
+    table = _trace_rows(tmp_path / "start-model.jsonl", rows)
+    config = load_config("training/configs/cpu-mix-sft.yaml",
+                         ["--sft_arith_per_level", "3", "--sft_gsm8k", "4",
+                          "--sft_confidence_from", str(table)])
+    stated = Counter()
+    for row in sft_rows(config):
+        parsed = parse_reply(row["completion"][0]["content"])
+        assert parsed.format_ok and parsed.answer is not None
+        stated[parsed.confidence] += 1
+    # (right + 0.5) / (n + 1) per level, and 0.5 / 4 for GSM8K: the line states measurement
+    expected = {round((6 - level + 0.5) / 7, 2): 3 for level in range(1, 6)}
+    expected[round(0.5 / 4, 2)] = 4
+    assert stated == expected
+
+
+def test_a_confidence_table_of_held_out_questions_or_missing_groups_is_refused(tmp_path):
+    held_out = _trace_rows(tmp_path / "test.jsonl", [("arith-mix", "test", 1, True)])
+    config = load_config("training/configs/cpu-mix-sft.yaml",
+                         ["--sft_arith_per_level", "2", "--sft_gsm8k", "0",
+                          "--sft_confidence_from", str(held_out)])
+    with pytest.raises(ValueError, match="test-split rows"):
+        sft_rows(config)
+    partial = _trace_rows(tmp_path / "partial.jsonl", [("arith-mix", "train", 1, True)])
+    config.sft_confidence_from = str(partial)
+    with pytest.raises(ValueError, match="no rows of level 2"):
+        sft_rows(config)
+    config.sft_confidence_from = str(tmp_path / "absent.jsonl")
+    with pytest.raises(ValueError, match="does not exist"):
+        config.check_inputs()
+
+
 def test_competence_data_refuses_evaluation_questions(monkeypatch):
     from training import sft
 
@@ -170,3 +215,18 @@ def test_a_row_cap_keeps_every_confidence_level():
     assert len(kept) == 12
     assert Counter(row["target"] for row in kept) == {0.1: 5, 0.5: 3, 0.9: 4}
     assert kept == sorted(kept, key=lambda row: row["i"])
+
+
+def test_sampling_order_covers_every_group_early_and_sorts_within_blocks():
+    from training.self_label import sampling_order
+
+    problems = [{"id": f"{task}-{i}", "question": "x" * (10 + i % 7), "task": task}
+                for task in ("arith-mix", "gsm8k") for i in range(200)]
+    order = sampling_order(problems, block=40, seed=0)
+    assert sorted(p["id"] for p in order) == sorted(p["id"] for p in problems)
+    first_block = order[:40]
+    assert {p["task"] for p in first_block} == {"arith-mix", "gsm8k"}  # a time cut keeps both
+    for start in range(0, len(order), 40):
+        lengths = [len(p["question"]) for p in order[start:start + 40]]
+        assert lengths == sorted(lengths)
+    assert order == sampling_order(problems, block=40, seed=0)  # seeded

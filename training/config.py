@@ -50,6 +50,11 @@ class TrainConfig:
     sft_epochs: float = option(1.0, "passes over the worked solutions")
     sft_learning_rate: float = option(5e-4, "peak learning rate of the competence stage")
     sft_batch_size: int = option(8, "worked solutions per optimizer step")
+    sft_confidence_from: str = option("", "a trace table of the start model on training-split "
+                                          "questions (python -m corea trace --split train): each "
+                                          "worked solution then ends with a confidence line, the "
+                                          "model's smoothed share right in its group there "
+                                          "(arith-mix level, or task); empty: no confidence line")
     sft_lora: bool = option(True, "train a LoRA adapter (ships in ~20 MB); false: full "
                                   "fine-tuning (a whole model checkpoint)")
     # supervised warm-up (format only; see training/warmup.py)
@@ -161,6 +166,10 @@ class TrainConfig:
         if self.start_adapter and not (Path(self.start_adapter) / "adapter_config.json").is_file():
             raise ValueError(f"start_adapter {self.start_adapter!r} is not an adapter directory "
                              "(no adapter_config.json): run the earlier stage first")
+        if self.sft_confidence_from and not Path(self.sft_confidence_from).is_file():
+            raise ValueError(f"sft_confidence_from {self.sft_confidence_from!r} does not exist: "
+                             "trace the start model on training questions first (python -m corea "
+                             "trace --split train)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

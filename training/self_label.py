@@ -128,6 +128,20 @@ def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer
     return rows
 
 
+def sampling_order(problems: list[dict], block: int, seed: int = 0) -> list[dict]:
+    """The order problems are sampled in: seeded-shuffled, so that a stage stopped by its time
+    limit has sampled every task and level alike, then sorted by question length within blocks
+    of `block`: question length tracks reply length, and a batch runs until its longest reply
+    ends, so similar lengths together waste less of each batch."""
+    import random
+
+    shuffled = list(problems)
+    random.Random(seed).shuffle(shuffled)
+    return [problem for start in range(0, len(shuffled), block)
+            for problem in sorted(shuffled[start:start + block],
+                                  key=lambda problem: len(problem["question"]))]
+
+
 def sample_replies(config: TrainConfig, checkpoint: str, adapter: Path | None,
                    problems: list[dict], path: Path, spent_s: float = 0.0) -> dict[str, list[str]]:
     """`self_label_samples` sampled replies per problem, appended to `path` as they come (a
@@ -141,10 +155,8 @@ def sample_replies(config: TrainConfig, checkpoint: str, adapter: Path | None,
         for line in path.read_text().splitlines():
             record = json.loads(line)
             done[record["id"]] = record["replies"]
-    # Similar questions together (question length tracks reply length here): a batch runs until
-    # its longest reply ends, so mixing short and long replies would waste most of each batch.
-    todo = sorted((problem for problem in problems if problem["id"] not in done),
-                  key=lambda problem: len(problem["question"]))
+    todo = sampling_order([problem for problem in problems if problem["id"] not in done],
+                          8 * config.self_label_batch_size, config.seed)
     if not todo:
         return done
     model = TransformersModel(checkpoint, adapter=adapter,

@@ -5,9 +5,12 @@
 The small model is first made right on easy questions. Its targets are worked solutions in the
 answer format, from two sources: generated arith-mix training problems (levels 1-5, the
 generator's own equations written out) and GSM8K train solutions with their calculator notes
-(`<<48/2=24>>`) removed. The target ends with `Answer: N` and has **no** confidence line: a
-constant confidence taught here would have to be unlearned, so confidence is left to the
-self-label stage, which measures this model's own correctness. Checkpoints every `save_steps`;
+(`<<48/2=24>>`) removed. The target ends with `Answer: N`. A constant confidence taught here would
+have to be unlearned, so by default there is no confidence line. With `sft_confidence_from` (a
+trace table of the start model on training questions) each target ends with a confidence line
+whose value is *measured*: the start model's smoothed share right in the question's group (its
+arith-mix level, or its task). The model so learns where the line goes and a first, honest value
+for it, which the self-label stage then refines per question. Checkpoints every `save_steps`;
 running the command again resumes from the last one.
 """
 
@@ -19,7 +22,7 @@ import re
 from pathlib import Path
 
 from corea import arithmetic, embedded
-from corea.protocol import build_messages
+from corea.protocol import build_messages, format_reply
 from corea.tasks import ARITH_MIX_LEVELS, HINTS, get_task, gsm8k_rows
 
 from training.config import TrainConfig
@@ -40,18 +43,52 @@ def answer_only_reply(reasoning: str, answer: str) -> str:
     return f"{reasoning.strip()}\nAnswer: {answer}"
 
 
+def confidence_group(task: str, level: int | None) -> str:
+    """The group whose measured accuracy a target's confidence states: the arith-mix level for
+    generated problems (any arith task), else the task."""
+    return f"level {level}" if level is not None else task
+
+
+def measured_confidence(path: str | Path) -> dict[str, float]:
+    """Smoothed share right, (right + 0.5) / (n + 1), of each group in a trace table of the
+    start model. Held-out rows are refused: a test question must not set a training target."""
+    from corea.traces import read_trace
+
+    groups: dict[str, list[bool]] = {}
+    for row in read_trace(path):
+        if row.get("split") == "test":
+            raise ValueError(f"{path} holds test-split rows ({row['id']}): trace the start model "
+                             "on training questions (--split train)")
+        level = (row.get("meta") or {}).get("level")
+        groups.setdefault(confidence_group(row["task"], level), []).append(bool(row["correct"]))
+    return {group: round((sum(right) + 0.5) / (len(right) + 1), 2)
+            for group, right in groups.items()}
+
+
 def sft_rows(config: TrainConfig) -> list[dict]:
     """Prompt/completion pairs, shuffled (seeded). Generated problems come from the train split
     only, so no arith-mix (or arith-N) test question is ever a target."""
     hint = HINTS["numeric"]
+    measured = measured_confidence(config.sft_confidence_from) \
+        if config.sft_confidence_from else None
+
+    def target(reasoning: str, answer: str, group: str) -> str:
+        if measured is None:
+            return answer_only_reply(reasoning, answer)
+        if group not in measured:
+            raise ValueError(f"{config.sft_confidence_from} has no rows of {group}: its "
+                             f"groups are {', '.join(sorted(measured))}")
+        return format_reply(reasoning, answer, measured[group])
+
     rows = []
     for level in ARITH_MIX_LEVELS:
         for problem in arithmetic.generate(level, "train", config.sft_arith_per_level,
                                            seed=config.seed + 1):
             rows.append({"prompt": build_messages(problem.question, few_shot=config.few_shot,
                                                   hint=hint),
-                         "completion": [{"role": "assistant", "content": answer_only_reply(
-                             problem.worked_solution(), str(problem.answer))}]})
+                         "completion": [{"role": "assistant", "content": target(
+                             problem.worked_solution(), str(problem.answer),
+                             confidence_group("arith-mix", level))}]})
     if config.sft_gsm8k:
         # From the end of the train split: the self-label and GRPO stages draw from its start.
         solutions = gsm8k_rows("train")[-config.sft_gsm8k:]
@@ -59,8 +96,8 @@ def sft_rows(config: TrainConfig) -> list[dict]:
             reasoning, answer = gsm8k_worked_solution(row["answer"])
             rows.append({"prompt": build_messages(row["question"], few_shot=config.few_shot,
                                                   hint=hint),
-                         "completion": [{"role": "assistant",
-                                         "content": answer_only_reply(reasoning, answer)}]})
+                         "completion": [{"role": "assistant", "content": target(
+                             reasoning, answer, confidence_group("gsm8k", None))}]})
     random.Random(config.seed).shuffle(rows)
     _refuse_evaluation_questions(rows, config)
     return rows
