@@ -36,7 +36,8 @@ STAGES = (
     Stage("untrained (few-shot prompt)", "smollm2", None),
     Stage("+ SFT (competence)", "smollm2-sft", "mix-sft"),
     Stage("+ SFT, measured confidence line", "smollm2-sftconf", "mix-sft-conf"),
-    Stage("+ self-label", "smollm2-selflabel", "mix-self-label"),
+    Stage("+ self-label (loss on the value only)", "smollm2-selflabel", "mix-self-label"),
+    Stage("+ self-label (whole reply)", "smollm2-selflabel-full", "mix-self-label-full"),
     Stage("+ GRPO (Brier)", "smollm2-grpo-brier", "mix-grpo-brier"),
     Stage("+ GRPO (group L1)", "smollm2-grpo-group", "mix-grpo-group"),
 )
@@ -170,7 +171,7 @@ def ablation_section(traces: Path, runs: Path) -> list[str]:
 
 
 # Stages whose arith-mix tables carry token log-probabilities (and the probe's column, if scored).
-SIGNAL_TABLES = ("smollm2-sft", "smollm2-sftconf", "smollm2-selflabel")
+SIGNAL_TABLES = ("smollm2-sft", "smollm2-sftconf", "smollm2-selflabel", "smollm2-selflabel-full")
 
 
 def signal_table(traces: Path, prefix: str) -> list[str]:
@@ -199,6 +200,94 @@ def signal_table(traces: Path, prefix: str) -> list[str]:
     return lines
 
 
+def model_card(row: dict, untrained: dict, stages: list[dict]) -> str:
+    """The shipped trained SLM's card (README.md beside its adapter), every figure read from its
+    stage's trace tables and run records, like the ablation table."""
+    arith = row["arith"]
+    held = row.get("held_out")
+
+    def versus(key: str, source: str) -> str:
+        now = arith if source == "arith" else row.get(source)
+        before = untrained["arith"] if source == "arith" else untrained.get(source)
+        if not now:
+            return "—"
+        show = _pct if key == "accuracy" else (lambda v: _num(v, ".3f"))
+        return f"{show(before.get(key))} → {show(now.get(key))}" if before else show(now.get(key))
+
+    recipe = "\n".join(
+        f"- **{r['stage'].label.lstrip('+ ')}** ({_cost_cell(r['record'])})"
+        + (f": {r['record']['stopped_early']} ({r['record']['steps']} of "
+           f"{r['record']['planned_steps']} steps)" if r["record"].get("stopped_early") else "")
+        for r in stages if r["stage"].record and r["record"])
+    levels = " · ".join(f"L{k} {_pct(v)}" for k, v in arith.get("accuracy_by_level", {}).items())
+    saving = (f"saves {_pct(held['saving'])} of the LLM-alone cost on the other half, at "
+              f"{held['loss'] * 100:+.1f} points against the LLM alone there (threshold "
+              f"{held['threshold']:.2f}, {_pct(held['llm_share'])} of questions deferred)"
+              if held else "finds no threshold within 2 points of the LLM alone")
+    return f"""---
+base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+library_name: peft
+license: apache-2.0
+tags: [corea, confidence-calibration, cascade, lora, sft, trl]
+pipeline_tag: text-generation
+---
+
+# SmolLM2-135M, trained to be right on easy arithmetic and to say when it is
+
+The default small model of corea's cascade: a LoRA adapter on SmolLM2-135M-Instruct, served
+**zero-shot** (corea's system prompt, no worked examples) and on llama.cpp through a merged GGUF
+that corea builds once from the embedded base (`corea.gguf_merge`). It answers, then states
+`Confidence: <0 to 1>`; a cascade defers to the large model below a threshold.
+
+## How it was trained (2 CPU cores, no GPU; configs in training/configs/cpu-mix-*.yaml)
+
+{recipe}
+
+## Measured (held-out questions, greedy; `python -m corea bench --training-only` rewrites this card)
+
+Untrained (few-shot prompt) → this model. arith-mix: the fixed test questions (levels 1-5), n =
+{arith['n']}.
+
+| | arith-mix | GSM8K | SVAMP |
+|---|---|---|---|
+| accuracy | {versus("accuracy", "arith")} | {versus("accuracy", "gsm8k")} | {versus("accuracy", "svamp")} |
+| ECE of the stated confidence | {versus("ece", "arith")} | {versus("ece", "gsm8k")} | {versus("ece", "svamp")} |
+| AUROC of the stated confidence | {versus("auroc", "arith")} | {versus("auroc", "gsm8k")} | {versus("auroc", "svamp")} |
+
+arith-mix accuracy by level: {levels}; format followed {_pct(arith['format_rate'])}; mean stated
+confidence {arith['mean_confidence']:.2f}.
+
+In front of Qwen2.5-Coder-1.5B on arith-mix, a threshold chosen on one seeded half of the
+questions {saving}. Its own replies cost {row['prompt_tokens']:.0f} prompt and
+{row['completion_tokens']:.0f} completion tokens per question (the untrained model, with the two
+worked examples it needs: {untrained['prompt_tokens']:.0f} and
+{untrained['completion_tokens']:.0f}).
+
+## Limits
+
+A 135M model trained on generated arithmetic and GSM8K solutions: on GSM8K and SVAMP it is still
+mostly wrong (see the table). Its confidence tracks mostly how hard a question looks (how many
+operations), less whether a given answer is right.
+"""
+
+
+def write_model_card(adapter_dir: Path, traces: Path, runs: Path) -> Path | None:
+    """The card of a shipped adapter whose corea.json names the stage it comes from
+    (`{"stage": "<record>"}`); None when it names none or that stage has no tables yet."""
+    serving = json.loads((adapter_dir / "corea.json").read_text()) \
+        if (adapter_dir / "corea.json").is_file() else {}
+    if not serving.get("stage"):
+        return None
+    rows = [row for row in (stage_row(s, traces, runs) for s in STAGES) if row]
+    shipped = next((r for r in rows if r["stage"].record == serving["stage"]), None)
+    untrained = next((r for r in rows if r["stage"].record is None), None)
+    if shipped is None or untrained is None:
+        return None
+    path = adapter_dir / "README.md"
+    path.write_text(model_card(shipped, untrained, rows))
+    return path
+
+
 SECTION_START = "## Training ablation"
 SECTION_END = "## Per data set"
 
@@ -219,4 +308,9 @@ def refresh_training_section(report: Path, traces: Path, runs: Path) -> list[str
     else:
         head, tail = text, ""
     report.write_text(head + "\n".join(section) + "\n" + tail)
+    from corea import embedded
+
+    shipped = embedded.shipped_adapters().get(embedded.TRAINED_SLM or "")
+    if shipped is not None:
+        write_model_card(shipped, traces, runs)
     return section

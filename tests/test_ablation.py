@@ -30,3 +30,40 @@ def test_a_signal_that_knows_the_right_answers_saves_on_the_other_half():
     # a signal that says nothing keeps nothing within 2 points: every question is deferred
     blind = held_out_saving(_pair(200, right, np.full(200, 0.5)))
     assert blind["llm_share"] == 1.0 and blind["saving"] < 0
+
+
+def _table(path, model, rows):
+    import json
+
+    path.write_text("".join(json.dumps({
+        "id": f"arith-mix-{i}", "task": "arith-mix", "split": "test", "question": f"q{i}",
+        "gold": "1", "model": model, "output": "Answer: 1", "answer": "1", "confidence": conf,
+        "format_ok": conf is not None, "correct": right, "prompt_tokens": tokens,
+        "completion_tokens": 10, "cost": cost, "latency_s": 0.1,
+        "meta": {"level": 1 + i % 5}}) + "\n" for i, (right, conf, tokens, cost) in enumerate(rows)))
+
+
+def test_the_shipped_adapters_card_states_its_stages_measured_figures(tmp_path):
+    import json
+
+    from corea.ablation import write_model_card
+
+    traces, runs, adapter = tmp_path / "traces", tmp_path / "runs", tmp_path / "adapter"
+    for folder in (traces, runs, adapter):
+        folder.mkdir()
+    levels_right = [i % 5 < 2 for i in range(200)]  # right on levels 1 and 2 only
+    _table(traces / "smollm2-arith-mix.jsonl", "smollm2",
+           [(False, None, 290, 7e-6)] * 200)
+    _table(traces / "smollm2-sftconf-arith-mix.jsonl", "smollm2+adapter",
+           [(right, 0.9 if right else 0.1, 140, 3e-6) for right in levels_right])
+    _table(traces / "qwen-arith-mix.jsonl", "qwen", [(True, 0.9, 270, 7e-5)] * 200)
+    (runs / "mix-sft-conf.json").write_text(json.dumps(
+        {"stage": "sft", "examples": 1350, "steps": 169, "train_seconds": 2045.7}))
+    assert write_model_card(adapter, traces, runs) is None  # corea.json names no stage
+    (adapter / "corea.json").write_text(json.dumps({"few_shot": False, "stage": "mix-sft-conf"}))
+    card = write_model_card(adapter, traces, runs).read_text()
+    assert "| accuracy | 0.0% → 40.0% |" in card
+    assert "| AUROC of the stated confidence | — → 1.000 |" in card
+    assert "L1 100.0% · L2 100.0% · L3 0.0%" in card
+    assert "1350 ex. · 169 steps · 34 min" in card
+    assert "140 prompt" in card and "290 and" in card

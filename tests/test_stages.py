@@ -135,6 +135,27 @@ def test_answer_only_replies_become_rows_whose_completion_writes_the_confidence_
     assert rows[0]["prompt"].endswith("3 + 4 = 7.\nAnswer: 7")
 
 
+def test_whole_reply_rows_teach_the_reply_with_its_value_replaced(tmp_path):
+    from tiny import build_tiny_model
+    from transformers import AutoTokenizer
+
+    from training.self_label import labelled_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "model"))
+    problem = {"id": "p", "question": "What is 3 + 4?", "gold": "7", "checker": "numeric",
+               "hint": None}
+    replies = {"p": ["3 + 4 = 7.\nAnswer: 7\nConfidence: 0.98",
+                     "3 + 4 = 8.\nAnswer: 8\nConfidence: 0.98", "3 + 4 = 7.\nAnswer: 7"]}
+    rows = labelled_rows([problem], replies, tokenizer, few_shot=False, full_reply=True)
+    # 2 of 3 right: (2 + 0.5) / 4 = 0.62 replaces the stated value, the reply is the target
+    assert [row["completion"] for row in rows] == [
+        "3 + 4 = 7.\nAnswer: 7\nConfidence: 0.62", "3 + 4 = 8.\nAnswer: 8\nConfidence: 0.62",
+        "3 + 4 = 7.\nAnswer: 7\nConfidence: 0.62"]
+    assert "3 + 4 = 7" not in rows[0]["prompt"] and rows[0]["prompt"].rstrip().endswith(
+        tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                      add_generation_prompt=True).rstrip()[-10:])
+
+
 def test_balancing_keeps_both_sides_and_caps_the_commoner_one():
     rows = [{"target": 0.1, "i": i} for i in range(30)] + [{"target": 0.9, "i": i}
                                                            for i in range(5)]

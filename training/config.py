@@ -79,6 +79,11 @@ class TrainConfig:
     self_label_replies_trained: int = option(0, "sampled replies per problem used as training "
                                                 "rows, each labelled with the problem's share "
                                                 "(0 = all of them)")
+    self_label_full_reply: bool = option(False, "train on the whole sampled reply, its stated "
+                                                "value replaced by the target (loss on all of "
+                                                "it), rather than on the value alone: the reply "
+                                                "anchors the model's reasoning and format, which "
+                                                "a value-only loss lets drift")
     self_label_batch_size: int = option(16, "problems sampled together (each `samples` times)")
     self_label_max_minutes: float = option(0.0, "stop sampling once the stage has sampled this "
                                                 "many minutes (over all its invocations) and train "

@@ -103,7 +103,8 @@ def spread_over_targets(rows: list[dict], limit: int, seed: int = 0) -> list[dic
 
 
 def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer,
-                  few_shot: bool, per_problem: int | None = None) -> list[dict]:
+                  few_shot: bool, per_problem: int | None = None,
+                  full_reply: bool = False) -> list[dict]:
     """Prompt/completion text pairs: the chat prompt plus the model's own reply up to
     `Confidence:` as the prompt, the target confidence as the completion. Every sampled reply is
     graded; `per_problem` limits how many of them become rows."""
@@ -120,10 +121,16 @@ def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer
         messages = build_messages(problem["question"], few_shot=few_shot, hint=problem["hint"])
         prefixes = [p for p in map(confidence_prefix, texts) if p is not None]
         for prefix, lead in prefixes[:per_problem or None]:
-            prompt = tokenizer.apply_chat_template(
-                messages + [{"role": "assistant", "content": prefix}],
-                tokenize=False, continue_final_message=True)
-            rows.append({"prompt": prompt, "completion": f"{lead} {target:g}",
+            if full_reply:  # the whole reply is the target; the prompt is the question alone
+                prompt = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                       add_generation_prompt=True)
+                completion = f"{prefix}{lead} {target:g}"
+            else:
+                prompt = tokenizer.apply_chat_template(
+                    messages + [{"role": "assistant", "content": prefix}],
+                    tokenize=False, continue_final_message=True)
+                completion = f"{lead} {target:g}"
+            rows.append({"prompt": prompt, "completion": completion,
                          "id": problem["id"], "target": target})
     return rows
 
@@ -214,7 +221,7 @@ def run_self_label(config: TrainConfig, checkpoint: str, output_dir: Path,
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     rows = labelled_rows(problems, replies, tokenizer, config.few_shot,
-                         config.self_label_replies_trained or None)
+                         config.self_label_replies_trained or None, config.self_label_full_reply)
     if not rows:
         raise ValueError("no sampled reply stated an answer: the self-labelled stage has nothing "
                          "to learn from (train the competence or format stage first)")
