@@ -116,7 +116,7 @@ def _cost_cell(record: dict | None) -> str:
     if not record:
         return "—"
     seconds = sum(record.get(key, 0) for key in ("train_seconds", "sample_seconds",
-                                                  "grpo_seconds"))
+                                                  "grpo_seconds", "sample_seconds_reused"))
     examples = record.get("examples") or record.get("self_label_rows") \
         or record.get("train_questions")
     steps = record.get("steps") or record.get("self_label_steps")
