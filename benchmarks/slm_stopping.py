@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from corea import embedded
-from corea.checking import is_correct
-from corea.models import GenerationConfig, get_model
-from corea.protocol import build_messages, parse_reply
-from corea.tasks import get_task
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs as `python benchmarks/slm_stopping.py` from a checkout
+
+from corea import embedded  # noqa: E402
+from corea.checking import is_correct  # noqa: E402
+from corea.models import GenerationConfig, get_model  # noqa: E402
+from corea.protocol import build_messages, parse_reply  # noqa: E402
+from corea.tasks import get_task  # noqa: E402
 
 
 def run(task_name: str, limit: int, max_new_tokens: int) -> dict:
