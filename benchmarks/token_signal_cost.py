@@ -54,7 +54,7 @@ class LogitsAllModel(LlamaCppModel):
         options = stop_of(config)
         with self._lock:
             start = time.perf_counter()
-            self._forget()
+            self._prepare(messages)
             chunks = self._llm.create_chat_completion(
                 messages=messages, max_tokens=config.max_new_tokens, temperature=0.0,
                 stream=True, logprobs=True, top_logprobs=2)

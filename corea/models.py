@@ -228,37 +228,82 @@ class LlamaCppModel(Model):
         self._sampled = SampledLogprobs(self._llm) if logprobs else None
         # llama.cpp keeps one KV cache: calls into one instance must not overlap.
         self._lock = threading.Lock()
+        self._cached_prefix: list[int] | None = None
 
     def _completion(self, messages: list[dict], config: GenerationConfig, stream: bool):
         extra = {}
         if config.stop:
             extra["stop"] = list(config.stop)
-        self._forget()
+        self._prepare(messages)
         return self._llm.create_chat_completion(
             messages=messages, max_tokens=config.max_new_tokens, temperature=config.temperature,
             top_p=config.top_p, seed=config.seed, stream=stream, **extra,
         )
 
-    def _forget(self) -> None:
-        """Empty the KV cache before a call (under the lock), so that a reply depends only on its
-        request and never on the calls before it.
+    def _formatter(self, add_generation_prompt: bool = True):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        llama-cpp-python keeps the previous call's cache and evaluates only what a new prompt does
-        not share with it: for the same prompt again, its last token alone; after another question
-        with the same system prompt and worked examples, the new question's tokens alone. Those
-        are other batch shapes, and llama.cpp's kernels do not give bit-identical logits across
-        batch shapes; greedy decoding of a small quantized model then flips wherever two tokens
-        are nearly tied, so the same greedy request answered differently depending on what was
-        asked before (a stream after a whole reply to the same question, say). Evaluating every
-        prompt whole, from an empty cache, costs its prompt evaluation once per call."""
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        return Jinja2ChatFormatter(
+            template=template, eos_token=self._token_text(self._llm.token_eos()),
+            bos_token=self._token_text(self._llm.token_bos()),
+            add_generation_prompt=add_generation_prompt)
+
+    def _tokens(self, prompt: str) -> list[int]:
+        """A prompt's tokens as llama-cpp-python's completion makes them (BOS where the model
+        wants one, special tokens parsed)."""
+        return self._llm.tokenize(prompt.encode(), add_bos=True, special=True)
+
+    def _prepare(self, messages: list[dict], prompt: str | None = None) -> None:
+        """Set the KV cache up for a call (under the lock), so that a reply depends only on its
+        request and never on the calls before it, while the part of the prompt every call shares
+        is evaluated once.
+
+        llama.cpp's kernels do not give bit-identical logits across batch shapes, and greedy
+        decoding of a small quantized model flips wherever two tokens are nearly tied. Left to
+        itself, llama-cpp-python evaluates only what a new prompt does not share with the previous
+        call's cache, so the same request was evaluated in other batches, and answered
+        differently, depending on what was asked before (a stream after a whole reply to the
+        same question, say). Here every prompt is split at the same place on every call: its
+        prefix (the chat up to the last message: system prompt and worked examples) is
+        evaluated on its own from an empty cache, and the rest on top of it. The prefix's cache
+        is kept between calls and reused when the next prompt starts with the same tokens; the
+        cache past it is dropped. Same request, same batches, same reply; and a warm call
+        evaluates only its question."""
         import llama_cpp
 
+        if self._sampled is not None:
+            self._sampled.clear()
+        prefix = self._shared_prefix(messages, prompt)
+        if prefix and prefix == self._cached_prefix:
+            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._llm.ctx),
+                                          -1, len(prefix), -1)
+            self._llm.n_tokens = len(prefix)
+            return
         self._llm.reset()
         memory = llama_cpp.llama_get_memory(self._llm.ctx)
         if memory is not None:
             llama_cpp.llama_memory_clear(memory, True)
-        if self._sampled is not None:
-            self._sampled.clear()
+        self._cached_prefix = None
+        if prefix:
+            self._llm.eval(prefix)
+            self._cached_prefix = prefix
+
+    def _shared_prefix(self, messages: list[dict], prompt: str | None) -> list[int] | None:
+        """The tokens of the chat before its last message, when the whole prompt starts with
+        exactly those tokens (a template that rewrites earlier turns has no shared prefix)."""
+        if len(messages) < 2 or (formatter := self._formatter()) is None:
+            return None
+        full = prompt if prompt is not None else formatter(messages=messages).prompt
+        head = self._formatter(add_generation_prompt=False)(messages=messages[:-1]).prompt
+        if not full.startswith(head):
+            return None
+        prefix, tokens = self._tokens(head), self._tokens(full)
+        # Only a true prefix with something after it: the reply's first token needs the logits
+        # of a prompt token evaluated in this call.
+        return prefix if len(prefix) < len(tokens) and tokens[:len(prefix)] == prefix else None
 
     def _token_logprobs(self, text: str) -> TokenLogprobs | None:
         return self._sampled.rows(text) if self._sampled is not None else None
@@ -313,15 +358,9 @@ class LlamaCppModel(Model):
                          token_logprobs=token_logprobs, finish_reason=finish)
 
     def _count_prompt_tokens(self, messages: list[dict]) -> int:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        template = self._llm.metadata.get("tokenizer.chat_template")
-        if not template:
+        formatter = self._formatter()
+        if formatter is None:
             return 0
-        formatter = Jinja2ChatFormatter(
-            template=template, eos_token=self._token_text(self._llm.token_eos()),
-            bos_token=self._token_text(self._llm.token_bos()),
-        )
         prompt = formatter(messages=messages).prompt
         return len(self._llm.tokenize(prompt.encode(), add_bos=False, special=True))
 
@@ -330,20 +369,14 @@ class LlamaCppModel(Model):
             if token_id >= 0 else ""
 
     def continue_reply(self, messages, prefix, config=GenerationConfig(), step_end=None):
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        template = self._llm.metadata.get("tokenizer.chat_template")
-        if not template:
+        formatter = self._formatter()
+        if formatter is None:
             raise ModelError(f"{self.name} has no chat template: it cannot continue a reply")
-        formatter = Jinja2ChatFormatter(
-            template=template, eos_token=self._token_text(self._llm.token_eos()),
-            bos_token=self._token_text(self._llm.token_bos()))
         prompt = formatter(messages=messages).prompt + prefix
         with self._lock:
             start = time.perf_counter()
             text = ""
-            if self._sampled is not None:
-                self._sampled.clear()
+            self._prepare(messages, prompt)
             # Streamed so that generation stops at the step's end instead of the reply's.
             chunks = self._llm.create_completion(
                 prompt, max_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -655,7 +688,7 @@ class EndpointModel(Model):
             # Servers that ignore include_usage (llama.cpp's) send one token per chunk, and count
             # the prompt for a one-token request. The reply is the one streamed: asking for the
             # whole reply again could get another text, since such a server answers a prompt it
-            # has just evaluated from its cache (see LlamaCppModel._forget).
+            # has just evaluated from its cache (see LlamaCppModel._prepare).
             prompt_tokens = self._one(messages, replace(config, max_new_tokens=1)).prompt_tokens
             completion_tokens = pieces
         yield self._finish(text, prompt_tokens, completion_tokens, time.perf_counter() - start,

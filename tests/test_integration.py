@@ -130,7 +130,7 @@ def test_endpoint_backend_against_a_real_server(llama_server):
         assert remote.completion_tokens > 0 and remote.text.strip()
     # llama.cpp's server (unlike corea's own llama.cpp backend) keeps its cache between requests
     # and re-evaluates a prompt it has just answered from its last token alone, which moves
-    # greedy logits (see LlamaCppModel._forget). The two concurrent requests finish in either
+    # greedy logits (see LlamaCppModel._prepare). The two concurrent requests finish in either
     # order, so another question goes in between: the stream's prompt is then evaluated in a
     # multi-token batch, as the whole reply's was (those give the same logits, measured), and
     # the streamed reply must be the same text.

@@ -84,3 +84,32 @@ def test_replies_end_where_the_rows_end_and_no_rows_without_the_option(path):
     plain = LlamaCppModel(path)
     assert plain.generate([messages], TWELVE)[0].token_logprobs is None
     assert plain._llm.sample.__func__ is type(plain._llm).sample
+
+
+def test_a_reply_does_not_depend_on_the_calls_before_it_and_the_shared_prefix_is_reused(path):
+    """The system prompt and worked examples are evaluated once and kept; every call still splits
+    its prompt at the same place, so the same request gets the same tokens and log-probabilities
+    whatever was asked before, whole, streamed or continued."""
+    few_shot = GenerationConfig(max_new_tokens=24)
+    first, other = build_messages(QUESTION, few_shot=True), build_messages(
+        "A shop sells 12 pens a day. How many pens does it sell in 5 days?", few_shot=True)
+    fresh = LlamaCppModel(path, logprobs=True).generate([first], few_shot)[0]
+    continued_fresh = LlamaCppModel(path, logprobs=True).continue_reply(first, "Tom has ",
+                                                                        few_shot)
+    model = LlamaCppModel(path, logprobs=True)
+    evaluated = []
+    evaluate = model._llm.eval
+    model._llm.eval = lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))[1]
+    model.generate([other], few_shot)
+    after_other = model.generate([first], few_shot)[0]
+    streamed = list(model.stream(first, few_shot))[-1]
+    continued = model.continue_reply(first, "Tom has ", few_shot)
+    assert after_other.text == streamed.text == fresh.text
+    assert after_other.token_logprobs == streamed.token_logprobs == fresh.token_logprobs
+    assert continued.text == continued_fresh.text
+    assert continued.token_logprobs == continued_fresh.token_logprobs
+    # The prefix (over 200 tokens of worked examples) was evaluated on the first call alone; the
+    # later calls evaluated only their question and reply.
+    prefix_length = len(model._cached_prefix)
+    assert prefix_length > 200 and evaluated[0] == prefix_length
+    assert all(count < prefix_length for count in evaluated[1:])
