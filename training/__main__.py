@@ -179,9 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_terminate() -> None:
+    """SIGTERM (what `kill`, job schedulers and container stops send) ends a run the way Ctrl-C
+    does: the stage records its wall time so far and its kept work, and the same command resumes."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    _interrupt_on_terminate()
     try:
         return args.handler(args, extra)
     except ValueError as error:
