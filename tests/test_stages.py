@@ -251,3 +251,23 @@ def test_sampling_order_covers_every_group_early_and_sorts_within_blocks():
         lengths = [len(p["question"]) for p in order[start:start + 40]]
         assert lengths == sorted(lengths)
     assert order == sampling_order(problems, block=40, seed=0)  # seeded
+
+
+def test_sigterm_ends_a_stage_like_ctrl_c_so_its_record_is_kept(tmp_path):
+    """`kill` sends SIGTERM; the stage's `finally` blocks (the wall-time record) must still run."""
+    import os
+    import signal
+
+    from training.__main__ import _interrupt_on_terminate
+    from training.records import load_run, timed
+
+    previous = signal.getsignal(signal.SIGTERM)
+    run = {}
+    try:
+        _interrupt_on_terminate()
+        with pytest.raises(KeyboardInterrupt):
+            with timed(run, "sample_seconds", tmp_path):
+                os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "sample_seconds" in load_run(tmp_path)
