@@ -167,7 +167,30 @@ def ablation_section(traces: Path, runs: Path) -> list[str]:
               "right on training questions of the same level (training/configs/"
               "cpu-mix-sft-conf.yaml); the self-label stage then sets each value from the "
               "model's own sampled replies per question.", ""]
+    lines += speed_paragraph(traces.parent / "results" / "trained_slm_speed.json")
     return lines
+
+
+def speed_paragraph(path: Path) -> list[str]:
+    """The trained SLM's speed on llama.cpp against the untrained one's, from
+    benchmarks/trained_slm_speed.py's last result, where there is one."""
+    if not path.is_file():
+        return []
+    result = json.loads(path.read_text())
+    before, after = result["arms"]["untrained"], result["arms"]["trained"]
+    machine = result["machine"]
+    load = machine["load_average_before"][0]
+    return [
+        f"**On llama.cpp** (`{result['command']}`, {result['date']}, {machine['cores']} cores, "
+        f"llama.cpp threads: {machine['threads']}, load average {load:.1f} when it started): "
+        f"over {result['questions']} {result['task']} questions answered back to back, "
+        f"{after['model']} (its LoRA merged into the GGUF, zero-shot) writes "
+        f"{after['tokens_per_second']:.1f} tokens/s against the untrained model's "
+        f"{before['tokens_per_second']:.1f}, **{after['tokens_per_second_ratio']:.2f}x** "
+        f"(target at least 0.8x). Per question: {before['mean_prompt_tokens']:.0f} prompt and "
+        f"{before['mean_completion_tokens']:.0f} reply tokens, {before['mean_seconds_per_question']:.2f} s "
+        f"before; {after['mean_prompt_tokens']:.0f} and {after['mean_completion_tokens']:.0f}, "
+        f"{after['mean_seconds_per_question']:.2f} s after.", ""]
 
 
 # Stages whose arith-mix tables carry token log-probabilities (and the probe's column, if scored).

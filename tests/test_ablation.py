@@ -67,3 +67,23 @@ def test_the_shipped_adapters_card_states_its_stages_measured_figures(tmp_path):
     assert "L1 100.0% · L2 100.0% · L3 0.0%" in card
     assert "1350 ex. · 169 steps · 34 min" in card
     assert "140 prompt" in card and "290 and" in card
+
+
+def test_the_speed_paragraph_reports_the_measured_ratio_and_nothing_without_a_result(tmp_path):
+    import json
+
+    from corea.ablation import speed_paragraph
+
+    assert speed_paragraph(tmp_path / "missing.json") == []
+    arm = {"model": "m", "tokens_per_second": 20.0, "mean_seconds_per_question": 4.0,
+           "mean_prompt_tokens": 300, "mean_completion_tokens": 120}
+    result = {"command": "python benchmarks/trained_slm_speed.py --adapter A", "date": "d",
+              "task": "arith-mix", "questions": 20,
+              "machine": {"cores": 2, "threads": "1", "load_average_before": [1.0, 1, 1]},
+              "arms": {"untrained": arm, "trained": {**arm, "model": "t",
+                                                    "tokens_per_second": 15.0,
+                                                    "tokens_per_second_ratio": 0.75}}}
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps(result))
+    text = speed_paragraph(path)[0]
+    assert "**0.75x**" in text and "15.0 tokens/s" in text and "--adapter A" in text
