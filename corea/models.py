@@ -16,10 +16,12 @@ Every backend returns the text and the real token counts of each call.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -207,6 +209,17 @@ class SampledLogprobs:
         return tuple(rows)
 
 
+_OPEN_LLAMAS: "weakref.WeakSet[LlamaCppModel]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_llamas() -> None:
+    """Free llama.cpp models while the interpreter still works: left to their finalizers at
+    shutdown, they print a traceback (llama-cpp-python's module globals are gone by then)."""
+    for model in list(_OPEN_LLAMAS):
+        model._llm.close()
+
+
 class LlamaCppModel(Model):
     """A GGUF model run by llama-cpp-python: the fast path on CPU."""
 
@@ -229,6 +242,7 @@ class LlamaCppModel(Model):
         # llama.cpp keeps one KV cache: calls into one instance must not overlap.
         self._lock = threading.Lock()
         self._cached_prefix: list[int] | None = None
+        _OPEN_LLAMAS.add(self)
 
     def _completion(self, messages: list[dict], config: GenerationConfig, stream: bool):
         extra = {}
