@@ -153,8 +153,10 @@ def _remove_tree(path: Path) -> None:
 class Embedder:
     """Sentence embeddings, L2-normalised, so a dot product is the cosine similarity."""
 
-    def __init__(self, spec: str = DEFAULT_EMBEDDER):
+    def __init__(self, spec: str = DEFAULT_EMBEDDER, onnx: bool = True):
         from sentence_transformers import SentenceTransformer
+
+        from corea.onnx_encoder import onnx_encoder
 
         folder = minilm_dir() if spec == DEFAULT_EMBEDDER else Path(spec)
         if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
@@ -165,9 +167,14 @@ class Embedder:
             or self._model.get_sentence_embedding_dimension
         self.dim = int(dimension())
         self._lock = threading.Lock()
+        # The same vectors through ONNX Runtime where it is installed (corea.onnx_encoder).
+        self._onnx = onnx_encoder(self._model, folder, cache_dir()) if onnx else None
+        self.runtime = "onnxruntime" if self._onnx is not None else "torch"
 
     def encode(self, texts: list[str]) -> np.ndarray:
         with self._lock:
+            if self._onnx is not None:
+                return self._onnx.encode(texts).reshape(len(texts), self.dim)
             vectors = self._model.encode(list(texts), batch_size=32, convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)

@@ -35,7 +35,7 @@ import numpy as np
 from corea.cascade import Cascade, Tier
 from corea.checking import is_correct
 from corea.costs import resolve_price
-from corea.memory import (MemoryConfig, StrategyMemory, export_jsonl, get_embedder,
+from corea.memory import (Embedder, MemoryConfig, StrategyMemory, export_jsonl, get_embedder,
                           llm_messages, open_store, parse_strategy, slm_messages,
                           strategy_request)
 from corea.metrics import evaluate_threshold, join_traces, summarize
@@ -554,6 +554,16 @@ def retrieval_latency(size: int, store_path: Path, queries: int = 200, top_k: in
         t0 = time.perf_counter()
         memory.recall([question])
         recall_ms.append((time.perf_counter() - t0) * 1000)
+    # The baseline in the same run: the same questions embedded by sentence-transformers on
+    # PyTorch, which the ONNX Runtime encoder replaces where it is installed.
+    torch_ms = []
+    if embedder.runtime != "torch":
+        reference = Embedder(embedder.name, onnx=False)
+        reference.encode(probes[:1])
+        for question in probes:
+            t0 = time.perf_counter()
+            reference.encode([question])
+            torch_ms.append((time.perf_counter() - t0) * 1000)
     stored = store.count("latency")
     store.close()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -561,7 +571,9 @@ def retrieval_latency(size: int, store_path: Path, queries: int = 200, top_k: in
             **{f"{name}_median_ms": statistics.median(values) for name, values in times.items()},
             "total_p90_ms": float(np.percentile(times["total"], 90)),
             "recall_median_ms": statistics.median(recall_ms),
-            "torch_threads": _torch_threads(), "cpus": os.cpu_count(), "load_average_1m": load}
+            "embed_torch_median_ms": statistics.median(torch_ms) if torch_ms else None,
+            "encoder_runtime": embedder.runtime, "torch_threads": _torch_threads(),
+            "cpus": os.cpu_count(), "load_average_1m": load}
 
 
 def _torch_threads() -> int:
