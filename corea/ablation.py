@@ -38,8 +38,10 @@ STAGES = (
     Stage("+ SFT, measured confidence line", "smollm2-sftconf", "mix-sft-conf"),
     Stage("+ self-label (loss on the value only)", "smollm2-selflabel", "mix-self-label"),
     Stage("+ self-label (whole reply)", "smollm2-selflabel-full", "mix-self-label-full"),
-    Stage("+ self-label (whole reply, 5 samples, a third GSM8K)", "smollm2-selflabel-ood",
+    Stage("+ self-label (whole reply, more GSM8K, 5 samples)", "smollm2-selflabel-ood",
           "mix-self-label-ood"),
+    Stage("+ self-label (same replies, rows spread over targets)", "smollm2-selflabel-spread",
+          "mix-self-label-ood-spread"),
     Stage("+ GRPO (Brier)", "smollm2-grpo-brier", "mix-grpo-brier"),
     Stage("+ GRPO (group L1)", "smollm2-grpo-group", "mix-grpo-group"),
 )
@@ -197,7 +199,7 @@ def speed_paragraph(path: Path) -> list[str]:
 
 # Stages whose arith-mix tables carry token log-probabilities (and the probe's column, if scored).
 SIGNAL_TABLES = ("smollm2-sft", "smollm2-sftconf", "smollm2-selflabel", "smollm2-selflabel-full",
-                 "smollm2-selflabel-ood")
+                 "smollm2-selflabel-ood", "smollm2-selflabel-spread")
 
 
 def signal_table(traces: Path, prefix: str) -> list[str]:
