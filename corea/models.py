@@ -242,6 +242,7 @@ class LlamaCppModel(Model):
         # llama.cpp keeps one KV cache: calls into one instance must not overlap.
         self._lock = threading.Lock()
         self._cached_prefix: list[int] | None = None
+        self._formatters: dict[bool, object] = {}
         _OPEN_LLAMAS.add(self)
 
     def _completion(self, messages: list[dict], config: GenerationConfig, stream: bool):
@@ -255,15 +256,16 @@ class LlamaCppModel(Model):
         )
 
     def _formatter(self, add_generation_prompt: bool = True):
+        """The model's chat template, compiled once per instance (every call renders it)."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        template = self._llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            return None
-        return Jinja2ChatFormatter(
-            template=template, eos_token=self._token_text(self._llm.token_eos()),
-            bos_token=self._token_text(self._llm.token_bos()),
-            add_generation_prompt=add_generation_prompt)
+        if add_generation_prompt not in self._formatters:
+            template = self._llm.metadata.get("tokenizer.chat_template")
+            self._formatters[add_generation_prompt] = Jinja2ChatFormatter(
+                template=template, eos_token=self._token_text(self._llm.token_eos()),
+                bos_token=self._token_text(self._llm.token_bos()),
+                add_generation_prompt=add_generation_prompt) if template else None
+        return self._formatters[add_generation_prompt]
 
     def _tokens(self, prompt: str) -> list[int]:
         """A prompt's tokens as llama-cpp-python's completion makes them (BOS where the model
