@@ -36,7 +36,7 @@ from corea.steps import (ThresholdRouter, Writer, handoff_step, load_router,  # 
 from corea.tasks import get_task  # noqa: E402
 
 TRACES = ROOT / "benchmarks" / "traces"
-SLM, LLM = "smollm2", "qwen"
+LLM = "qwen"
 MAX_NEW_TOKENS = 320
 # Enough for the five operations of arith-mix's hardest level, its answer and its confidence; the
 # 135M model otherwise repeats one sentence until the token budget runs out.
@@ -67,12 +67,17 @@ def append(path: Path, row: dict) -> None:
         os.fsync(handle.fileno())
 
 
-def run_slm(task_name: str, split: str | None, limit: int, out: Path | None = None) -> None:
+def run_slm(task_name: str, split: str | None, limit: int, out: Path | None = None,
+            slm: str | None = None) -> None:
     task = get_task(task_name)
     split = split or task.default_split
-    model = get_model(SLM, logprobs=True)
-    run_step_trace(Writer(model, default_price(model.name)), task,
-                   out or slm_path(task_name, split), split=split, limit=limit,
+    model = get_model(slm or embedded.default_slm(), logprobs=True)
+    out = out or slm_path(task_name, split)
+    written = {row["model"] for row in read_jsonl(out)}
+    if written - {model.name}:
+        raise SystemExit(f"{out} holds steps of {', '.join(sorted(written))}, not {model.name}: "
+                         "move it away (and its step-llm table) to trace another SLM")
+    run_step_trace(Writer(model, default_price(model.name)), task, out, split=split, limit=limit,
                    max_steps=MAX_STEPS, generation=GenerationConfig(max_new_tokens=MAX_NEW_TOKENS),
                    progress=lambda line: print(line, flush=True))
 
@@ -147,8 +152,9 @@ def run_llm(task_name: str, limit: int, minutes: float, points: int) -> None:
         prefix = "".join(step["text"] for step in row["steps"][:k])
         kept_tokens = sum(call["completion_tokens"] for call in row["calls"][:k])
         budget = GenerationConfig(max_new_tokens=max(1, config.max_new_tokens - kept_tokens))
-        generation = model.continue_reply(build_messages(row["question"], hint=task.hint),
-                                          prefix, budget)
+        generation = model.continue_reply(
+            build_messages(row["question"], hint=task.hint, few_shot=model.few_shot),
+            prefix, budget)
         append(out, {"id": question_id, "k": k, "model": model.name, "text": generation.text,
                      "prompt_tokens": generation.prompt_tokens,
                      "completion_tokens": generation.completion_tokens,
@@ -258,10 +264,12 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--points", type=int, default=11, help="thresholds per router")
+    parser.add_argument("--slm", help="the SLM that writes the steps: a model name or an adapter "
+                                      "folder (default: the default SLM of ask and serve)")
     args = parser.parse_args(argv)
     for task in args.task:
         if args.command == "slm":
-            run_slm(task, args.split, args.limit)
+            run_slm(task, args.split, args.limit, slm=args.slm)
         elif args.command == "llm":
             run_llm(task, args.limit, args.minutes, args.points)
         else:

@@ -450,8 +450,20 @@ class StepRouter:
         if on_step:
             on_step(step)
 
-    def run(self, messages: list[dict], on_step=None) -> StepReply:
-        """Write the reply; `on_step(step)` is called as each kept step is known (streaming)."""
+    def answer(self, question: str, hint: str | None = None, on_step=None) -> StepReply:
+        """Write the reply to `question`, each writer reading its own prompt: a model served
+        zero-shot (a trained adapter) is not given the worked examples the other one needs."""
+        from corea.protocol import build_messages
+
+        return self.run(build_messages(question, hint=hint, few_shot=self.slm.model.few_shot),
+                        on_step,
+                        build_messages(question, hint=hint, few_shot=self.llm.model.few_shot))
+
+    def run(self, messages: list[dict], on_step=None,
+            llm_messages: list[dict] | None = None) -> StepReply:
+        """Write the reply; `on_step(step)` is called as each kept step is known (streaming).
+        The LLM reads `llm_messages` when given (its own prompt), else `messages`."""
+        slm_messages, llm_messages = messages, llm_messages or messages
         reply, config = StepReply(), self.config
         last_writer = None  # who generated last, with nothing inserted since
         llm_left = 0  # steps the LLM still writes before the SLM drafts again (-1: to the end)
@@ -464,13 +476,13 @@ class StepRouter:
                 whole = llm_left < 0
                 call_budget = budget if whole else min(config.step_max_tokens, budget)
                 try:
-                    generation, finished = self._call(reply, self.llm, messages, whole,
+                    generation, finished = self._call(reply, self.llm, llm_messages, whole,
                                                       last_writer is self.llm, call_budget)
                 except ModelError as error:
                     # The LLM failed mid-question: the SLM finishes the reply, as the
                     # question-level cascade answers with the last tier that answered.
                     reply.fallback, reply.error = True, str(error)
-                    self._finish_with(reply, self.slm, messages, on_step)
+                    self._finish_with(reply, self.slm, slm_messages, on_step)
                     return reply
                 last_writer = self.llm
                 self._keep(reply, self.llm, generation, call_budget, whole, on_step, **draft_note)
@@ -480,7 +492,7 @@ class StepRouter:
                     break
                 continue
             step_budget = min(config.step_max_tokens, budget)
-            draft, finished = self._call(reply, self.slm, messages, False,
+            draft, finished = self._call(reply, self.slm, slm_messages, False,
                                          last_writer is self.slm, step_budget)
             last_writer = self.slm
             cut = not draft.done and draft.completion_tokens >= step_budget
@@ -605,8 +617,6 @@ def run_step_trace(writer: Writer, task, out: str | Path, *, split: str | None =
     """The SLM writes every question of `task` step by step, keeping every step; one row per
     question appended to `out` as it finishes (run again to resume). These tables are what the
     routers are fitted on (training split) and swept on (test split)."""
-    from corea.protocol import build_messages
-
     split = split or task.default_split
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -620,7 +630,7 @@ def run_step_trace(writer: Writer, task, out: str | Path, *, split: str | None =
     todo = [e for e in task.examples(split, limit) if e.id not in done_ids]
     start, rows = time.perf_counter(), []
     for number, example in enumerate(todo, 1):
-        reply = loop.run(build_messages(example.question, hint=task.hint))
+        reply = loop.answer(example.question, task.hint)
         row = slm_step_row(example, task, split, writer.model.name, reply)
         with open(out, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -698,11 +708,9 @@ def _cascade_result(cascade, question: str, reply: StepReply):
 def step_answer_batch(cascade, questions: list[str], *, hint: str | None = None,
                       golds: list[str] | None = None, checker: str = "numeric") -> list:
     from corea.checking import is_correct
-    from corea.protocol import build_messages
 
     router = _router_for(cascade)
-    results = [_cascade_result(cascade, q, router.run(build_messages(q, hint=hint)))
-               for q in questions]
+    results = [_cascade_result(cascade, q, router.answer(q, hint)) for q in questions]
     if golds is not None:
         for result, gold in zip(results, golds):
             result.correct = is_correct(result.answer, gold, checker)
@@ -716,16 +724,13 @@ def step_events(cascade, question: str, *, hint: str | None = None):
     import queue
     import threading
 
-    from corea.protocol import build_messages
-
-    messages = build_messages(question, hint=hint)
     router = _router_for(cascade)
     found: queue.Queue = queue.Queue()
     outcome: dict = {}
 
     def work():
         try:
-            outcome["reply"] = router.run(messages, on_step=lambda step: found.put(step))
+            outcome["reply"] = router.answer(question, hint, on_step=lambda step: found.put(step))
         except BaseException as error:  # re-raised in the caller's thread
             outcome["error"] = error
         finally:

@@ -156,6 +156,35 @@ def test_whole_reply_rows_teach_the_reply_with_its_value_replaced(tmp_path):
                                       add_generation_prompt=True).rstrip()[-10:])
 
 
+def test_pooled_targets_shrink_each_problem_toward_its_groups_share(tmp_path):
+    from tiny import build_tiny_model
+    from transformers import AutoTokenizer
+
+    from training.self_label import labelled_rows, target_confidence
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "model"))
+
+    def problem(pid, group):
+        return {"id": pid, "question": f"What is 3 + 4 ({pid})?", "gold": "7",
+                "checker": "numeric", "hint": None, "group": group}
+
+    right = "3 + 4 = 7.\nAnswer: 7\nConfidence: 0.5"
+    wrong = "3 + 4 = 8.\nAnswer: 8\nConfidence: 0.5"
+    problems = [problem("a", "easy"), problem("b", "easy"), problem("c", "hard")]
+    replies = {"a": [right] * 4, "b": [wrong] * 4, "c": [wrong, wrong, wrong, right]}
+    rows = labelled_rows(problems, replies, tokenizer, few_shot=False, per_problem=1,
+                         full_reply=True, pool_weight=4)
+    targets = {row["id"]: row["target"] for row in rows}
+    # "easy" is right on 4 of 8 replies: a = (4 + 4 * 0.5) / 8, b = (0 + 2) / 8;
+    # "hard" on 1 of 4: c = (1 + 4 * 0.25) / 8
+    assert targets == {"a": 0.75, "b": 0.25, "c": 0.25}
+    assert rows[0]["completion"].endswith("Confidence: 0.75")
+    # weight 0 keeps the problem's own smoothed share
+    assert target_confidence(4, 4, 0.5, 0) == target_confidence(4, 4) == 0.9
+    with pytest.raises(ValueError, match="self_label_pool_weight"):
+        load_config(None, ["--self_label_pool_weight", "-1"])
+
+
 def test_balancing_keeps_both_sides_and_caps_the_commoner_one():
     rows = [{"target": 0.1, "i": i} for i in range(30)] + [{"target": 0.9, "i": i}
                                                            for i in range(5)]

@@ -148,6 +148,23 @@ def test_a_refused_draft_hands_the_rest_to_the_llm_at_the_full_prefix_price(slm,
     assert set(by_model) == {"tiny-slm", "tiny-llm"} and reply.step_shares()["tiny-llm"] > 0
 
 
+def test_each_writer_reads_its_own_prompt(slm, llm, monkeypatch):
+    """A zero-shot SLM (a trained adapter) drafts without the worked examples; the LLM it hands
+    over to still reads them."""
+    few = routed(slm, llm, score=0.0).answer(QUESTION)
+    monkeypatch.setattr(slm, "few_shot", False)
+    zero = routed(slm, llm, score=0.0).answer(QUESTION)
+    def first_prompt(reply, model):
+        return next(c["prompt_tokens"] for c in reply.calls if c["model"] == model)
+
+    zero_shot_tokens = len(slm.tokenizer.apply_chat_template(
+        build_messages(QUESTION, few_shot=False), add_generation_prompt=True,
+        return_dict=True)["input_ids"])
+    assert first_prompt(zero, "tiny-slm") == zero_shot_tokens < first_prompt(few, "tiny-slm")
+    # Handed over at the first step, the LLM reads its few-shot prompt alone, both times.
+    assert first_prompt(zero, "tiny-llm") == first_prompt(few, "tiny-llm") > zero_shot_tokens
+
+
 def test_steer_shape_pays_the_prefix_at_every_switch_and_stops_at_the_limit(slm, llm):
     reply = routed(slm, llm, score=0.0, llm_steps=1, max_switches=3,
                    step_max_tokens=3).run(build_messages(QUESTION))

@@ -84,6 +84,11 @@ class TrainConfig:
                                                 "it), rather than on the value alone: the reply "
                                                 "anchors the model's reasoning and format, which "
                                                 "a value-only loss lets drift")
+    self_label_pool_weight: float = option(0.0, "pool a problem's sampled replies with this many "
+                                                 "pseudo-replies right at the share of its task "
+                                                 "and level when setting its target, (right + "
+                                                 "w * share) / (samples + w) (0 = its own "
+                                                 "replies alone)")
     self_label_batch_size: int = option(16, "problems sampled together (each `samples` times)")
     self_label_max_minutes: float = option(0.0, "stop sampling once the stage has sampled this "
                                                 "many minutes (over all its invocations) and train "
@@ -155,8 +160,10 @@ class TrainConfig:
                 raise ValueError(f"{name} cannot be negative")
         if self.sft_epochs <= 0 or self.sft_batch_size < 1:
             raise ValueError("sft_epochs must be positive and sft_batch_size at least 1")
-        if self.self_label_max_rows < 0 or self.self_label_max_minutes < 0:
-            raise ValueError("self_label_max_rows and self_label_max_minutes cannot be negative")
+        if (self.self_label_max_rows < 0 or self.self_label_max_minutes < 0
+                or self.self_label_pool_weight < 0):
+            raise ValueError("self_label_max_rows, self_label_max_minutes and "
+                             "self_label_pool_weight cannot be negative")
         if self.self_label_replies_trained < 0 or self.self_label_batch_size < 1:
             raise ValueError("self_label_replies_trained cannot be negative and "
                              "self_label_batch_size must be at least 1")

@@ -42,13 +42,43 @@ def self_label_problems(config: TrainConfig) -> list[dict]:
         task = get_task(name, column_mapping(config))
         examples = task.examples(training_split(task), skip + size)[skip:]
         problems += [{"id": example.id, "question": example.question, "gold": example.gold,
-                      "checker": task.checker, "hint": task.hint} for example in examples]
+                      "checker": task.checker, "hint": task.hint,
+                      "group": f"{name}:{example.meta.get('level', '')}"}
+                     for example in examples]
     return problems
 
 
-def target_confidence(right: int, samples: int) -> float:
-    """The smoothed share of right replies: never 0 or 1 from a handful of samples."""
+def target_confidence(right: int, samples: int, group_share: float | None = None,
+                      pool_weight: float = 0.0) -> float:
+    """The smoothed share of right replies: never 0 or 1 from a handful of samples.
+
+    With `pool_weight` > 0 the problem's own replies are pooled with that many pseudo-replies
+    right at `group_share` (the share right over every sampled reply of problems of the same task
+    and level): an empirical-Bayes estimate. A handful of samples per problem is noisy, and a
+    model taught noisy values for look-alike questions states the commonest of them (greedy
+    decoding takes the mode), not their mean."""
+    if pool_weight > 0 and group_share is not None:
+        return round((right + pool_weight * group_share) / (samples + pool_weight), 2)
     return round((right + 0.5) / (samples + 1), 2)
+
+
+def graded(problem: dict, texts: list[str]) -> int:
+    """How many of the replies give the problem's right answer."""
+    return sum(reply.answer is not None
+               and is_correct(reply.answer, problem["gold"], problem["checker"])
+               for reply in map(parse_reply, texts))
+
+
+def group_shares(problems: list[dict], replies: dict[str, list[str]]) -> dict[str, float]:
+    """Share of right replies per problem group (task and level), over all sampled replies."""
+    right: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for problem in problems:
+        texts = replies.get(problem["id"], [])
+        group = problem.get("group", "")
+        right[group] = right.get(group, 0) + graded(problem, texts)
+        total[group] = total.get(group, 0) + len(texts)
+    return {group: right[group] / total[group] for group in total if total[group]}
 
 
 def confidence_prefix(reply: str) -> tuple[str, str] | None:
@@ -104,20 +134,19 @@ def spread_over_targets(rows: list[dict], limit: int, seed: int = 0) -> list[dic
 
 def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer,
                   few_shot: bool, per_problem: int | None = None,
-                  full_reply: bool = False) -> list[dict]:
+                  full_reply: bool = False, pool_weight: float = 0.0) -> list[dict]:
     """Prompt/completion text pairs: the chat prompt plus the model's own reply up to
     `Confidence:` as the prompt, the target confidence as the completion. Every sampled reply is
-    graded; `per_problem` limits how many of them become rows."""
+    graded; `per_problem` limits how many of them become rows. `pool_weight`: see
+    `target_confidence`."""
+    shares = group_shares(problems, replies) if pool_weight > 0 else {}
     rows = []
     for problem in problems:
         texts = replies.get(problem["id"], [])
         if not texts:
             continue
-        parsed = [parse_reply(text) for text in texts]
-        right = sum(reply.answer is not None
-                    and is_correct(reply.answer, problem["gold"], problem["checker"])
-                    for reply in parsed)
-        target = target_confidence(right, len(texts))
+        target = target_confidence(graded(problem, texts), len(texts),
+                                   shares.get(problem.get("group", "")), pool_weight)
         messages = build_messages(problem["question"], few_shot=few_shot, hint=problem["hint"])
         prefixes = [p for p in map(confidence_prefix, texts) if p is not None]
         for prefix, lead in prefixes[:per_problem or None]:
@@ -221,7 +250,8 @@ def run_self_label(config: TrainConfig, checkpoint: str, output_dir: Path,
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     rows = labelled_rows(problems, replies, tokenizer, config.few_shot,
-                         config.self_label_replies_trained or None, config.self_label_full_reply)
+                         config.self_label_replies_trained or None, config.self_label_full_reply,
+                         config.self_label_pool_weight)
     if not rows:
         raise ValueError("no sampled reply stated an answer: the self-labelled stage has nothing "
                          "to learn from (train the competence or format stage first)")
