@@ -179,6 +179,12 @@ def test_pooled_targets_shrink_each_problem_toward_its_groups_share(tmp_path):
     # "hard" on 1 of 4: c = (1 + 4 * 0.25) / 8
     assert targets == {"a": 0.75, "b": 0.25, "c": 0.25}
     assert rows[0]["completion"].endswith("Confidence: 0.75")
+    # value rows: each whole-reply row is followed by the same reply with the loss on its value
+    both = labelled_rows(problems, replies, tokenizer, few_shot=False, per_problem=1,
+                         full_reply=True, pool_weight=4, value_rows=True)
+    assert [row["completion"] for row in both[:2]] == [rows[0]["completion"], " 0.75"]
+    assert len(both) == 2 * len(rows)
+    assert both[1]["prompt"].endswith("Answer: 7\nConfidence:")
     # weight 0 keeps the problem's own smoothed share
     assert target_confidence(4, 4, 0.5, 0) == target_confidence(4, 4) == 0.9
     with pytest.raises(ValueError, match="self_label_pool_weight"):

@@ -89,6 +89,10 @@ class TrainConfig:
                                                  "and level when setting its target, (right + "
                                                  "w * share) / (samples + w) (0 = its own "
                                                  "replies alone)")
+    self_label_value_rows: bool = option(False, "with self_label_full_reply: also train each "
+                                                "reply with the loss on its value alone, which "
+                                                "is too small a part of a whole reply's loss to "
+                                                "be learned from it")
     self_label_batch_size: int = option(16, "problems sampled together (each `samples` times)")
     self_label_max_minutes: float = option(0.0, "stop sampling once the stage has sampled this "
                                                 "many minutes (over all its invocations) and train "

@@ -134,11 +134,14 @@ def spread_over_targets(rows: list[dict], limit: int, seed: int = 0) -> list[dic
 
 def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer,
                   few_shot: bool, per_problem: int | None = None,
-                  full_reply: bool = False, pool_weight: float = 0.0) -> list[dict]:
+                  full_reply: bool = False, pool_weight: float = 0.0,
+                  value_rows: bool = False) -> list[dict]:
     """Prompt/completion text pairs: the chat prompt plus the model's own reply up to
     `Confidence:` as the prompt, the target confidence as the completion. Every sampled reply is
     graded; `per_problem` limits how many of them become rows. `pool_weight`: see
-    `target_confidence`."""
+    `target_confidence`. `value_rows` (with `full_reply`): each reply also gives a row whose
+    loss covers the value alone, its reply in the prompt; in a whole-reply row the value is two
+    or three tokens of forty, too small a share of the loss to be learned."""
     shares = group_shares(problems, replies) if pool_weight > 0 else {}
     rows = []
     for problem in problems:
@@ -153,14 +156,14 @@ def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer
             if full_reply:  # the whole reply is the target; the prompt is the question alone
                 prompt = tokenizer.apply_chat_template(messages, tokenize=False,
                                                        add_generation_prompt=True)
-                completion = f"{prefix}{lead} {target:g}"
-            else:
+                rows.append({"prompt": prompt, "completion": f"{prefix}{lead} {target:g}",
+                             "id": problem["id"], "target": target})
+            if not full_reply or value_rows:
                 prompt = tokenizer.apply_chat_template(
                     messages + [{"role": "assistant", "content": prefix}],
                     tokenize=False, continue_final_message=True)
-                completion = f"{lead} {target:g}"
-            rows.append({"prompt": prompt, "completion": completion,
-                         "id": problem["id"], "target": target})
+                rows.append({"prompt": prompt, "completion": f"{lead} {target:g}",
+                             "id": problem["id"], "target": target})
     return rows
 
 
@@ -251,7 +254,7 @@ def run_self_label(config: TrainConfig, checkpoint: str, output_dir: Path,
         tokenizer.pad_token = tokenizer.eos_token
     rows = labelled_rows(problems, replies, tokenizer, config.few_shot,
                          config.self_label_replies_trained or None, config.self_label_full_reply,
-                         config.self_label_pool_weight)
+                         config.self_label_pool_weight, config.self_label_value_rows)
     if not rows:
         raise ValueError("no sampled reply stated an answer: the self-labelled stage has nothing "
                          "to learn from (train the competence or format stage first)")
