@@ -42,6 +42,10 @@ STAGES = (
           "mix-self-label-ood"),
     Stage("+ self-label (same replies, rows spread over targets)", "smollm2-selflabel-spread",
           "mix-self-label-ood-spread"),
+    Stage("+ self-label (same replies, targets pooled by level)", "smollm2-selflabel-pooled",
+          "mix-self-label-pooled"),
+    Stage("+ self-label (pooled targets, loss on the value too; after whole reply)",
+          "smollm2-selflabel-pooled-value", "mix-self-label-pooled-value"),
     Stage("+ GRPO (Brier)", "smollm2-grpo-brier", "mix-grpo-brier"),
     Stage("+ GRPO (group L1)", "smollm2-grpo-group", "mix-grpo-group"),
 )
