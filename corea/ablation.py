@@ -46,6 +46,10 @@ STAGES = (
           "mix-self-label-pooled"),
     Stage("+ self-label (pooled targets, loss on the value too; after whole reply)",
           "smollm2-selflabel-pooled-value", "mix-self-label-pooled-value"),
+    Stage("+ self-label (level share, loss on the value only; after whole reply)",
+          "smollm2-selflabel-level", "mix-self-label-level"),
+    Stage("+ self-label (level share, loss on the value too; after whole reply)",
+          "smollm2-selflabel-level-value", "mix-self-label-level-value"),
     Stage("+ GRPO (Brier)", "smollm2-grpo-brier", "mix-grpo-brier"),
     Stage("+ GRPO (group L1)", "smollm2-grpo-group", "mix-grpo-group"),
 )
