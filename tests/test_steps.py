@@ -154,6 +154,7 @@ def test_each_writer_reads_its_own_prompt(slm, llm, monkeypatch):
     few = routed(slm, llm, score=0.0).answer(QUESTION)
     monkeypatch.setattr(slm, "few_shot", False)
     zero = routed(slm, llm, score=0.0).answer(QUESTION)
+
     def first_prompt(reply, model):
         return next(c["prompt_tokens"] for c in reply.calls if c["model"] == model)
 

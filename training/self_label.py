@@ -69,16 +69,17 @@ def graded(problem: dict, texts: list[str]) -> int:
                for reply in map(parse_reply, texts))
 
 
-def group_shares(problems: list[dict], replies: dict[str, list[str]]) -> dict[str, float]:
-    """Share of right replies per problem group (task and level), over all sampled replies."""
-    right: dict[str, int] = {}
+def group_shares(problems: list[dict], right: dict[str, int],
+                 samples: dict[str, int]) -> dict[str, float]:
+    """Share of right replies per problem group (task and level), over all sampled replies;
+    `right` and `samples` count each problem's right and sampled replies."""
+    hits: dict[str, int] = {}
     total: dict[str, int] = {}
     for problem in problems:
-        texts = replies.get(problem["id"], [])
         group = problem.get("group", "")
-        right[group] = right.get(group, 0) + graded(problem, texts)
-        total[group] = total.get(group, 0) + len(texts)
-    return {group: right[group] / total[group] for group in total if total[group]}
+        hits[group] = hits.get(group, 0) + right.get(problem["id"], 0)
+        total[group] = total.get(group, 0) + samples.get(problem["id"], 0)
+    return {group: hits[group] / total[group] for group in total if total[group]}
 
 
 def confidence_prefix(reply: str) -> tuple[str, str] | None:
@@ -142,13 +143,15 @@ def labelled_rows(problems: list[dict], replies: dict[str, list[str]], tokenizer
     `target_confidence`. `value_rows` (with `full_reply`): each reply also gives a row whose
     loss covers the value alone, its reply in the prompt; in a whole-reply row the value is two
     or three tokens of forty, too small a share of the loss to be learned."""
-    shares = group_shares(problems, replies) if pool_weight > 0 else {}
+    right = {p["id"]: graded(p, replies[p["id"]]) for p in problems if replies.get(p["id"])}
+    samples = {p["id"]: len(replies[p["id"]]) for p in problems if p["id"] in right}
+    shares = group_shares(problems, right, samples) if pool_weight > 0 else {}
     rows = []
     for problem in problems:
-        texts = replies.get(problem["id"], [])
-        if not texts:
+        if problem["id"] not in right:
             continue
-        target = target_confidence(graded(problem, texts), len(texts),
+        texts = replies[problem["id"]]
+        target = target_confidence(right[problem["id"]], len(texts),
                                    shares.get(problem.get("group", "")), pool_weight)
         messages = build_messages(problem["question"], few_shot=few_shot, hint=problem["hint"])
         prefixes = [p for p in map(confidence_prefix, texts) if p is not None]
