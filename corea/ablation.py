@@ -213,9 +213,9 @@ SIGNAL_TABLES = ("smollm2-sft", "smollm2-sftconf", "smollm2-selflabel", "smollm2
 
 
 def signal_table(traces: Path, prefix: str) -> list[str]:
-    """A stage's deferral signals on arith-mix side by side: its stated confidence, the
-    probability of its answer's tokens, and the hidden-state probe (corea.probe), where its table
-    has them."""
+    """A stage's deferral signals on arith-mix side by side: its stated confidence (as stated, and
+    as its mean over the value's digits), the probability of its answer's tokens, and the
+    hidden-state probe (corea.probe), where its table has them."""
     from corea.signals import with_signal
 
     slm = _read(traces / f"{prefix}-arith-mix.jsonl")
@@ -225,7 +225,7 @@ def signal_table(traces: Path, prefix: str) -> list[str]:
     label = next((s.label for s in STAGES if s.trace_prefix == prefix), prefix)
     lines = ["", f"Deferral signals of the {label} model on arith-mix (same questions, same "
              "held-out halves; a reply with no stated confidence reads 0):", "", "| signal | AUROC | ECE | held-out saving (loss) |", "|---|---|---|---|"]
-    for signal in ("verbalized", "answer_probability", "probe"):
+    for signal in ("verbalized", "verbalized_mean", "answer_probability", "probe"):
         if signal != "verbalized" and not any(signal in row for row in slm):
             lines.append(f"| {signal} | not in the table | | |")
             continue

@@ -94,6 +94,7 @@ def build_traces(plan: BenchPlan) -> dict[str, dict[str, list[dict]]]:
 SIGNAL_LABELS = {"verbalized": "verbalized (untrained)",
                  "answer_probability": "answer token probability",
                  "first_token_margin": "first-token margin",
+                 "verbalized_mean": "stated confidence, mean over its digits",
                  "oracle": "oracle (upper bound)"}
 
 

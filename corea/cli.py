@@ -25,8 +25,6 @@ from corea.signals import RUNTIME_SIGNALS, SIGNALS
 from corea.tasks import BUILTIN_TASKS, ColumnMapping
 from corea.traces import TraceError
 
-DEFAULT_THRESHOLD = 0.8
-
 
 class UsageError(Exception):
     """Bad input from the command line: reported in one line, exit code 2."""
@@ -99,16 +97,18 @@ def cmd_ask(args) -> int:
             raise UsageError(str(error)) from error
     else:
         models = args.model or [embedded.default_slm(), embedded.DEFAULT_LLM]
-        thresholds = args.threshold or [DEFAULT_THRESHOLD] * (len(models) - 1)
+        # Unless told, each tier is served as its model declares (corea.embedded.serving_defaults).
+        served = [embedded.serving_defaults(m) for m in models[:-1]]
+        thresholds = args.threshold or [threshold for _, threshold in served]
         if len(models) < 2:
             raise UsageError("a cascade needs at least two --model tiers")
         if len(thresholds) != len(models) - 1:
             raise UsageError(f"{len(models)} tiers need {len(models) - 1} --threshold value(s), "
                              f"got {len(thresholds)}")
         # The last tier's answer is final whatever its confidence: no log-probabilities for it.
-        tiers = [TierSpec(m, t, backend=args.backend,
-                          signal=args.signal if t is not None else "verbalized")
-                 for m, t in zip(models, thresholds + [None])]
+        signals = [args.signal or signal for signal, _ in served] + ["verbalized"]
+        tiers = [TierSpec(m, t, backend=args.backend, signal=s)
+                 for m, t, s in zip(models, thresholds + [None], signals)]
         try:
             # A cascade stops each reply after its Confidence line (corea.stopping).
             config = CascadeConfig(tuple(tiers), dataclasses.replace(_generation(args),
@@ -470,13 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a tier's model, cheapest first; repeat for each tier (default: "
                           f"{embedded.default_slm()} then {embedded.DEFAULT_LLM})")
     ask.add_argument("--threshold", action="append", type=float, metavar="T",
-                     help=f"confidence a tier needs to keep its answer, one per tier but the last "
-                          f"(default: {DEFAULT_THRESHOLD})")
-    ask.add_argument("--signal", choices=RUNTIME_SIGNALS, default="verbalized",
+                     help="confidence a tier needs to keep its answer, one per tier but the last "
+                          "(default: what a trained adapter declares, else "
+                          f"{embedded.DEFAULT_THRESHOLD})")
+    ask.add_argument("--signal", choices=RUNTIME_SIGNALS, default=None,
                      help="what each tier's threshold is compared with: the confidence its reply "
-                          "states (default), or a token signal of the reply, which needs "
+                          "states, or a token signal of the reply, which needs "
                           "log-probabilities from the model (all local backends; endpoints that "
-                          "return them)")
+                          "return them); default: what a trained adapter declares, else "
+                          f"{embedded.DEFAULT_SIGNAL}")
     ask.add_argument("--config", type=Path, help="a cascade config JSON (as the app exports)")
     ask.add_argument("--checker", choices=("numeric", "yesno", "choice", "exact"),
                      default="exact", help="the answer-format hint added to the question: numeric, "

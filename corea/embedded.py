@@ -171,6 +171,26 @@ def adapter_serving(adapter_dir: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({error})") from None
 
 
+# How a model is served unless told otherwise: the SLM keeps its answer when the confidence it
+# states is at least 0.8. A trained adapter can declare better (its corea.json: "signal",
+# "threshold"), as measured on the training split when it shipped.
+DEFAULT_SIGNAL = "verbalized"
+DEFAULT_THRESHOLD = 0.8
+
+
+def serving_defaults(model: str) -> tuple[str, float]:
+    """(deferral signal, threshold) for `model`: what its adapter declares, where it is a shipped
+    adapter's name or an adapter folder, else the stated confidence at 0.8."""
+    adapter = shipped_adapters().get(model)
+    if adapter is None and (Path(model) / "adapter_config.json").is_file():
+        adapter = Path(model)
+    serving = adapter_serving(adapter) if adapter is not None else {}
+    threshold = serving.get("threshold", DEFAULT_THRESHOLD)
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{adapter}/corea.json: threshold must be a number in [0, 1]")
+    return serving.get("signal", DEFAULT_SIGNAL), float(threshold)
+
+
 def merged_gguf(base: EmbeddedModel, adapter_dir: Path) -> Path:
     """The embedded GGUF with a LoRA adapter merged in, for llama.cpp: built once from the
     installed base and the adapter (corea.gguf_merge), cached under a digest of the adapter's

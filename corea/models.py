@@ -46,9 +46,9 @@ class Generation:
     completion_tokens: int
     latency_s: float
     done: bool = True
-    # Per generated token: (text, log-probability, runner-up's log-probability); backends that
-    # were asked for log-probabilities fill it (the confidence signals in corea.signals read it).
-    token_logprobs: tuple[tuple[str, float, float | None], ...] | None = None
+    # Per generated token: see TokenLogprobs; backends that were asked for log-probabilities
+    # fill it (the confidence signals in corea.signals read it).
+    token_logprobs: "TokenLogprobs | None" = None
     # Why the reply ended: "stop" (end of sequence, a stop sequence, or the protocol's last line),
     # "length" (max_new_tokens), "repetition" (cut because it repeated itself: a format failure);
     # None where the backend did not say.
@@ -110,7 +110,11 @@ class Model(ABC):
         return f"{type(self).__name__}({self.name!r})"
 
 
-TokenLogprobs = tuple[tuple[str, float, "float | None"], ...]
+# Per generated token: (text, log-probability, runner-up's log-probability, alternatives), where
+# alternatives are the TOP_ALTERNATIVES likeliest tokens at that step as (text, log-probability),
+# the chosen one included (the stated confidence's expectation, corea.signals, reads them).
+TokenLogprobs = tuple[tuple[str, float, "float | None", "tuple[tuple[str, float], ...]"], ...]
+TOP_ALTERNATIVES = 10
 
 
 def cut_generation(text: str, token_logprobs, step_end) -> tuple[str, "TokenLogprobs | None"]:
@@ -139,18 +143,19 @@ def openai_token_logprobs(logprobs) -> TokenLogprobs | None:
         return None
     rows = []
     for token in content:
-        alternatives = [float(field(t, "logprob")) for t in field(token, "top_logprobs") or []
-                        if field(t, "token") != field(token, "token")]
+        top = tuple((field(t, "token"), float(field(t, "logprob")))
+                    for t in field(token, "top_logprobs") or [])
+        others = [logprob for text, logprob in top if text != field(token, "token")]
         rows.append((field(token, "token"), float(field(token, "logprob")),
-                     alternatives[0] if alternatives else None))
+                     others[0] if others else None, top))
     return tuple(rows)
 
 
 # --------------------------------------------------------------------------- llama.cpp (GGUF, CPU)
 
 class SampledLogprobs:
-    """The log-probability of each token llama.cpp samples, and the best other token's, read from
-    that step's logits as it is sampled.
+    """The log-probability of each token llama.cpp samples, the best other token's, and the
+    TOP_ALTERNATIVES likeliest tokens', read from that step's logits as it is sampled.
 
     llama-cpp-python returns log-probabilities only from a model built with `logits_all=True`,
     which computes the vocabulary's logits at every prompt position and then sorts the whole
@@ -169,7 +174,7 @@ class SampledLogprobs:
         self._vocab = llm._model.vocab
         self._is_eog = llama_cpp.llama_vocab_is_eog
         self._logits_of = llama_cpp.llama_get_logits_ith
-        self.sampled: list[tuple[int, float, float | None]] = []
+        self.sampled: list[tuple[int, float, float | None, list[tuple[int, float]]]] = []
         llm.sample = self._sample_and_record
 
     def clear(self) -> None:
@@ -186,27 +191,34 @@ class SampledLogprobs:
         top = float(logits.max())
         normalizer = top + float(np.log(np.exp(logits - top, dtype=np.float32).sum()))
         chosen = float(logits[token])
+        likeliest = np.argpartition(logits, -TOP_ALTERNATIVES)[-TOP_ALTERNATIVES:]
+        likeliest = likeliest[np.argsort(-logits[likeliest])]
         # The best other token: the top one, unless the chosen token is it (then the second).
-        other = float(np.partition(logits, -2)[-2]) if chosen >= top else top
-        self.sampled.append((token, chosen - normalizer, other - normalizer))
+        other = float(logits[likeliest[1]]) if chosen >= top else top
+        self.sampled.append((token, chosen - normalizer, other - normalizer,
+                             [(int(i), float(logits[i]) - normalizer) for i in likeliest]))
         return token
 
-    def generated(self) -> list[tuple[int, float, float | None]]:
+    def generated(self) -> list[tuple[int, float, float | None, list[tuple[int, float]]]]:
         """The sampled tokens that are part of the reply (an end-of-generation token is not)."""
         return [entry for entry in self.sampled if not self._is_eog(self._vocab, entry[0])]
 
     def rows(self, text: str) -> TokenLogprobs:
-        """One (token text, log-probability, runner-up's) row per generated token that starts
+        """One TokenLogprobs row per generated token that starts
         within `text`: tokens generated past it (a stop sequence, text held back from a stream
         that was closed) are not part of the reply."""
         rows, position = [], 0
-        for token, logprob, other in self.generated():
+        for token, logprob, other, top in self.generated():
             if position >= len(text):
                 break
-            piece = self._llm.detokenize([token]).decode("utf-8", errors="ignore")
-            rows.append((piece, logprob, other))
+            piece = self._piece(token)
+            rows.append((piece, logprob, other,
+                         tuple((self._piece(i), alternative) for i, alternative in top)))
             position += len(piece)
         return tuple(rows)
+
+    def _piece(self, token: int) -> str:
+        return self._llm.detokenize([token]).decode("utf-8", errors="ignore")
 
 
 _OPEN_LLAMAS: "weakref.WeakSet[LlamaCppModel]" = weakref.WeakSet()
@@ -520,7 +532,7 @@ class TransformersModel(Model):
                                                         batch["attention_mask"]))]
 
     def _token_logprobs(self, scores, row: int, ids: list[int]) -> TokenLogprobs | None:
-        """(text, log-probability, runner-up's) per generated token, from generate()'s scores.
+        """A TokenLogprobs row per generated token, from generate()'s scores.
         Each token's text is what it adds to the decoded reply, so the texts join to the reply
         and the answer's characters can be matched to its tokens."""
         import torch
@@ -530,12 +542,14 @@ class TransformersModel(Model):
         rows, previous = [], ""
         for step, token_id in enumerate(ids):
             logprobs = torch.log_softmax(scores[step][row].float(), dim=-1)
-            top = logprobs.topk(2)
+            top = logprobs.topk(TOP_ALTERNATIVES)
             values, indices = top.values.tolist(), top.indices.tolist()
             chosen = float(logprobs[token_id])
             runner_up = values[1] if indices[0] == token_id else values[0]
             text = self.tokenizer.decode(ids[:step + 1], skip_special_tokens=True)
-            rows.append((text[len(previous):], chosen, runner_up))
+            alternatives = tuple((self.tokenizer.decode([index]), value)
+                                 for index, value in zip(indices, values))
+            rows.append((text[len(previous):], chosen, runner_up, alternatives))
             previous = text
         return tuple(rows)
 
@@ -625,7 +639,7 @@ class EndpointModel(Model):
 
     def _call(self, messages: list[dict], config: GenerationConfig, **extra):
         if self.logprobs:
-            extra.update(logprobs=True, top_logprobs=2)
+            extra.update(logprobs=True, top_logprobs=TOP_ALTERNATIVES)
         if config.stop:
             extra["stop"] = list(config.stop)
         try:

@@ -458,15 +458,15 @@ def _sse(service: CascadeService, question: str, configs: list[GenerationConfig]
     yield "data: [DONE]\n\n"
 
 
-DEFAULT_THRESHOLD = 0.8
-
-
 def default_config() -> CascadeConfig:
-    """What `serve` runs without --config: the embedded pair, the SLM's answer kept when it states
-    a confidence of at least 0.8 (configs/default.json is this, written out)."""
+    """What `serve` runs without --config: the embedded pair, the SLM's answer kept when its
+    confidence passes the threshold it is served with (corea.embedded.serving_defaults;
+    configs/default.json is this, written out)."""
     from corea import embedded
 
-    return CascadeConfig((TierSpec(embedded.default_slm(), DEFAULT_THRESHOLD),
+    slm = embedded.default_slm()
+    signal, threshold = embedded.serving_defaults(slm)
+    return CascadeConfig((TierSpec(slm, threshold, signal=signal),
                           TierSpec(embedded.DEFAULT_LLM)))
 
 

@@ -3,6 +3,9 @@
 - `answer_probability`: exp of the mean token log-probability of the final answer's tokens;
 - `first_token_margin`: probability of the answer's first token minus the runner-up's
   (arXiv 2405.02134);
+- `verbalized_mean`: the stated confidence read as its mean under the model's own distribution
+  over the values it could have written there (the probabilities of the value's digits), not as
+  the one value greedy decoding picked;
 - `vote_share`: the share of k sampled replies that agree with the greedy answer
   (self-consistency, arXiv 2310.03094).
 
@@ -14,12 +17,11 @@ from __future__ import annotations
 import math
 
 from corea.checking import is_correct
-from corea.protocol import ParsedReply, answer_span
+from corea.protocol import ParsedReply, answer_span, confidence_span, parse_confidence
 
 
-def _answer_tokens(text: str, token_logprobs) -> list[tuple[str, float, float | None]]:
-    """The generated tokens that overlap the final answer's characters."""
-    span = answer_span(text)
+def _tokens_over(span: tuple[int, int] | None, token_logprobs) -> list[tuple]:
+    """The generated tokens that overlap the characters of `span` (start, end)."""
     if span is None or not token_logprobs:
         return []
     start, end = span
@@ -29,6 +31,11 @@ def _answer_tokens(text: str, token_logprobs) -> list[tuple[str, float, float | 
         if position > start and token_start < end:
             tokens.append(token)
     return tokens
+
+
+def _answer_tokens(text: str, token_logprobs) -> list[tuple]:
+    """The generated tokens that overlap the final answer's characters."""
+    return _tokens_over(answer_span(text), token_logprobs)
 
 
 def answer_probability(text: str, token_logprobs) -> float | None:
@@ -42,8 +49,60 @@ def first_token_margin(text: str, token_logprobs) -> float | None:
     tokens = _answer_tokens(text, token_logprobs)
     if not tokens:
         return None
-    _, best, runner_up = tokens[0]
+    best, runner_up = tokens[0][1], tokens[0][2]
     return max(0.0, math.exp(best) - (math.exp(runner_up) if runner_up is not None else 0.0))
+
+
+def _digit_choices(row) -> list[tuple[str, float]] | None:
+    """(digits, probability) of the alternatives at one token that are digits (spaces around them
+    dropped), renormalised over those; None when the row carries no alternatives."""
+    if len(row) < 4 or not row[3]:
+        return None
+    choices = [(text.strip(), math.exp(logprob)) for text, logprob in row[3]
+               if text.strip().isdigit()]
+    total = sum(probability for _, probability in choices)
+    return [(digits, probability / total) for digits, probability in choices] if total else None
+
+
+def verbalized_mean(text: str, token_logprobs) -> float | None:
+    """The stated confidence `I.D...` as its mean under the model's distribution at the value's
+    tokens: the integer digit (0 or 1) and the first decimal token. Each other decimal stands for
+    the middle of its range (0.8 for 0.85); the stated decimals keep their exact value. Greedy
+    decoding of a small model states the commonest value among look-alike questions, often one of
+    two (0.94 or 0.12); the probabilities behind that choice rank answers far better.
+
+    None without per-token alternatives (a trace without log-probabilities); the stated value
+    itself when it is not written as a decimal (`80%`), since its digits do not read as one."""
+    span = confidence_span(text)
+    stated = parse_confidence(text[span[0]:span[1]]) if span else None
+    if stated is None or not token_logprobs:
+        return None
+    start, end = span
+    value = text[start:end]
+    if len(token_logprobs[0]) < 4:
+        return None
+    if len(value) < 3 or value[0] not in "01" or value[1] != "." or not value[2:].isdigit():
+        return stated
+    integer_tokens = _tokens_over((start, start + 1), token_logprobs)
+    decimal_tokens = _tokens_over((start + 2, start + 3), token_logprobs)
+    if not decimal_tokens or integer_tokens == decimal_tokens:
+        return stated  # "0." and its decimals in one token: no distribution over the digits
+    decimals = _digit_choices(decimal_tokens[0])
+    chosen = decimal_tokens[0][0].strip()
+    # Under "1." the decimals say nothing about the values below 1: their mean is unknown there.
+    below_one = 0.5
+    if value[0] == "0" and decimals:
+        below_one = sum(probability * (stated if digits == chosen else
+                                       float("0." + digits) + 0.5 * 10.0 ** -len(digits))
+                        for digits, probability in decimals)
+    integers = _digit_choices(integer_tokens[0]) if integer_tokens else None
+    if not integers or integer_tokens[0][0].strip() != value[0]:
+        return below_one if value[0] == "0" else stated
+    share = dict(integers)
+    zero, one = share.get("0", 0.0), share.get("1", 0.0)
+    if zero + one == 0:
+        return stated
+    return (one * 1.0 + zero * below_one) / (zero + one)
 
 
 def vote_share(greedy_answer: str | None, sampled_answers: list[str | None], checker: str) -> float:
@@ -54,9 +113,13 @@ def vote_share(greedy_answer: str | None, sampled_answers: list[str | None], che
     return agree / len(sampled_answers)
 
 
+TOKEN_SIGNAL_READERS = {"answer_probability": answer_probability,
+                        "first_token_margin": first_token_margin,
+                        "verbalized_mean": verbalized_mean}
+
 # Signals a cascade can defer on at run time, each read from a single generation (vote_share needs k
 # extra samples per question and the oracle needs the gold answer: they are for sweeps only).
-TOKEN_SIGNALS = ("answer_probability", "first_token_margin")
+TOKEN_SIGNALS = tuple(TOKEN_SIGNAL_READERS)
 RUNTIME_SIGNALS = ("verbalized", *TOKEN_SIGNALS)
 
 
@@ -73,19 +136,19 @@ def generation_confidence(signal: str, parsed: ParsedReply, text: str,
     answer, no log-probabilities), which the cascade treats as 0 and defers."""
     if check_runtime_signal(signal) == "verbalized":
         return parsed.confidence if parsed.format_ok else None
-    read = answer_probability if signal == "answer_probability" else first_token_margin
-    return read(text, token_logprobs)
+    return TOKEN_SIGNAL_READERS[signal](text, token_logprobs)
 
 
 # The deferral signals a trace table can be swept on. Token signals are columns of tables traced
 # with log-probabilities; `vote_share` needs sampled tables of the same questions; `oracle`
 # (1 when the SLM is right) is the upper bound no real signal can pass.
-SIGNALS = ("verbalized", "answer_probability", "first_token_margin", "probe", "vote_share",
-           "oracle")
+SIGNALS = ("verbalized", "verbalized_mean", "answer_probability", "first_token_margin", "probe",
+           "vote_share", "oracle")
 # Signals that are a column of the SLM's trace table, and how to get that column.
 COLUMN_SIGNALS = {
     "answer_probability": "trace the SLM with token log-probabilities (--logprobs)",
     "first_token_margin": "trace the SLM with token log-probabilities (--logprobs)",
+    "verbalized_mean": "trace the SLM with token log-probabilities (--logprobs)",
     "probe": "score the table with `python -m corea probe score` (the hidden-state probe)",
 }
 

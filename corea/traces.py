@@ -20,7 +20,7 @@ from corea.checking import is_correct
 from corea.costs import Price
 from corea.models import Generation, GenerationConfig, Model
 from corea.protocol import FEW_SHOT, SYSTEM_PROMPT, build_messages, parse_reply
-from corea.signals import answer_probability, first_token_margin
+from corea.signals import TOKEN_SIGNAL_READERS
 from corea.tasks import Example, Task
 
 REQUIRED_FIELDS = {
@@ -78,8 +78,8 @@ def trace_row(example: Example, task: Task, split: str, model_name: str, generat
 def _token_signals(generation: Generation) -> dict:
     if not generation.token_logprobs:
         return {}
-    return {"answer_probability": answer_probability(generation.text, generation.token_logprobs),
-            "first_token_margin": first_token_margin(generation.text, generation.token_logprobs)}
+    return {signal: read(generation.text, generation.token_logprobs)
+            for signal, read in TOKEN_SIGNAL_READERS.items()}
 
 
 def validate_row(row, where: str) -> dict:

@@ -68,3 +68,28 @@ def test_transformers_backend_runs_the_embedded_slm_batched():
     assert all(g.text.strip() and 0 < g.completion_tokens <= 40 for g in batched)
     assert batched[1].prompt_tokens == single.prompt_tokens  # padding is not counted
     assert (embedded.cache_dir() / "smollm2-135m-hf" / "config.json").is_file()
+
+
+def test_a_trained_adapter_declares_how_it_is_served(tmp_path, monkeypatch):
+    import json
+
+    from corea.serve import default_config
+
+    adapter = tmp_path / "my-slm"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    # Nothing declared: the stated confidence at 0.8.
+    assert embedded.serving_defaults(str(adapter)) == ("verbalized", 0.8)
+    assert embedded.serving_defaults("smollm2") == ("verbalized", 0.8)
+    (adapter / "corea.json").write_text(json.dumps(
+        {"few_shot": False, "signal": "verbalized_mean", "threshold": 0.55}))
+    assert embedded.serving_defaults(str(adapter)) == ("verbalized_mean", 0.55)
+    # As a shipped adapter, by its name, and as the default SLM `serve` starts with.
+    monkeypatch.setattr(embedded, "SHIPPED_ADAPTERS_DIR", tmp_path)
+    monkeypatch.setattr(embedded, "TRAINED_SLM", "my-slm")
+    assert embedded.serving_defaults("my-slm") == ("verbalized_mean", 0.55)
+    slm = default_config().tiers[0]
+    assert (slm.model, slm.signal, slm.threshold) == ("my-slm", "verbalized_mean", 0.55)
+    (adapter / "corea.json").write_text(json.dumps({"threshold": 8}))
+    with pytest.raises(ValueError, match="threshold must be a number in"):
+        embedded.serving_defaults("my-slm")

@@ -4,7 +4,7 @@ checked against llama-cpp-python's own `logits_all=True` path on the embedded SL
 import pytest
 
 from conftest import embedded_installed
-from corea.models import GenerationConfig, LlamaCppModel, openai_token_logprobs
+from corea.models import TOP_ALTERNATIVES, GenerationConfig, LlamaCppModel, openai_token_logprobs
 from corea.protocol import build_messages
 
 pytestmark = [
@@ -40,7 +40,8 @@ def assert_rows_match(mine, reference):
 def test_sampled_log_probabilities_match_logits_all_whole_and_streamed(path):
     messages = build_messages(QUESTION)
     response = reference_llama(path).create_chat_completion(
-        messages=messages, max_tokens=12, temperature=0.0, logprobs=True, top_logprobs=2)
+        messages=messages, max_tokens=12, temperature=0.0, logprobs=True,
+        top_logprobs=TOP_ALTERNATIVES)
     reference = openai_token_logprobs(response["choices"][0]["logprobs"])
     model = LlamaCppModel(path, logprobs=True)
     whole = model.generate([messages], TWELVE)[0]
@@ -48,6 +49,10 @@ def test_sampled_log_probabilities_match_logits_all_whole_and_streamed(path):
     assert whole.text == streamed.text == response["choices"][0]["message"]["content"]
     assert len(reference) == 12 and "".join(row[0] for row in whole.token_logprobs) == whole.text
     assert_rows_match(whole.token_logprobs, reference)
+    # Each step's likeliest tokens, best first, as llama.cpp's own top_logprobs lists them.
+    for row, expected in zip(whole.token_logprobs, reference, strict=True):
+        assert [text for text, _ in row[3]] == [text for text, _ in expected[3]]
+        assert [v for _, v in row[3]] == pytest.approx([v for _, v in expected[3]], abs=1e-3)
     assert streamed.token_logprobs == whole.token_logprobs
     # Greedy: the chosen token was the most likely one, the runner-up the second.
     assert all(row[2] <= row[1] + 1e-6 for row in whole.token_logprobs)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from corea.models import GenerationConfig, TransformersModel, openai_token_logprobs
+from corea.models import (TOP_ALTERNATIVES, GenerationConfig, TransformersModel,
+                          openai_token_logprobs)
 from corea.protocol import build_messages
 
 EIGHT = GenerationConfig(max_new_tokens=8)
@@ -28,11 +29,16 @@ def test_batched_log_probabilities_match_a_forward_pass_of_each_reply(model):
         with torch.inference_mode():
             logits = model.model(torch.tensor([prompt + completion])).logits[0]
         expected = torch.log_softmax(logits[len(prompt) - 1:-1].float(), dim=-1)
-        for step, (token_id, (_, chosen, runner_up)) in enumerate(zip(completion, tokens)):
+        for step, (token_id, (_, chosen, runner_up, top)) in enumerate(zip(completion, tokens)):
             assert chosen == pytest.approx(float(expected[step, token_id]), abs=1e-3)
             # Greedy decoding took the most likely token, so the runner-up is the second best.
             assert runner_up == pytest.approx(float(expected[step].topk(2).values[1]), abs=1e-3)
             assert chosen >= runner_up - 1e-6
+            # The alternatives are the step's likeliest tokens, best first, the chosen one first.
+            likeliest = expected[step].topk(TOP_ALTERNATIVES)
+            assert [value for _, value in top] == pytest.approx(likeliest.values.tolist(), abs=1e-3)
+            assert [text for text, _ in top] == [model.tokenizer.decode([i])
+                                                 for i in likeliest.indices.tolist()]
 
 
 def test_streaming_gives_the_same_log_probabilities(model):
@@ -55,7 +61,7 @@ def test_openai_shaped_log_probabilities_from_dicts_and_objects():
     content = [{"token": " 5", "logprob": -0.2,
                 "top_logprobs": [{"token": " 5", "logprob": -0.2}, {"token": " 6", "logprob": -1.9}]},
                {"token": "\n", "logprob": -0.01, "top_logprobs": []}]
-    expected = ((" 5", -0.2, -1.9), ("\n", -0.01, None))
+    expected = ((" 5", -0.2, -1.9, ((" 5", -0.2), (" 6", -1.9))), ("\n", -0.01, None, ()))
     assert openai_token_logprobs({"content": content}) == expected
     as_objects = Item(content=[Item(token=c["token"], logprob=c["logprob"],
                                     top_logprobs=[Item(**t) for t in c["top_logprobs"]])

@@ -11,8 +11,8 @@ from corea.costs import resolve_price
 from corea.models import GenerationConfig, ModelError
 from corea.protocol import validate_question
 from corea.tasks import HINTS, get_task
-from corea.ui.common import (SIGNAL_CHOICES, gpu, llm_choices, load_for_ui, signal_for_ui,
-                             slm_choices)
+from corea.ui.common import (SIGNAL_CHOICES, gpu, llm_choices, load_for_ui, served_as,
+                             serving_for_ui, signal_for_ui, slm_choices)
 from corea.ui.memory import lesson_markdown, memory_for, recall_markdown
 from corea.ui.steps_view import ROUTING_CHOICES, routed_decision, routed_html, step_config_for_ui
 
@@ -116,14 +116,15 @@ def ask(question, slm, llm, endpoint_model, token, threshold, answer_kind,
 
 def build_ask_tab() -> None:
     """The tab's components and events (inside a gr.Blocks context)."""
+    label, served = serving_for_ui(slm_choices()[0])
     with gr.Row():
         with gr.Column(scale=2):
             question = gr.Textbox(label="Question", lines=3, max_length=4000,
                                   placeholder="Type a question, or pick an example below")
             answer_kind = gr.Radio(list(ANSWER_KINDS), value="a number", label="Answer is")
-            threshold = gr.Slider(0, 1, value=0.8, step=0.01, label="Threshold",
+            threshold = gr.Slider(0, 1, value=served, step=0.01, label="Threshold",
                                   info="defer to the LLM when the SLM's confidence is below it")
-            signal = gr.Radio(list(SIGNAL_CHOICES), value="stated confidence",
+            signal = gr.Radio(list(SIGNAL_CHOICES), value=label,
                               label="SLM confidence is",
                               info="what it states, or how probable its answer's tokens were")
             routing = gr.Radio(list(ROUTING_CHOICES), value="per question", label="Route",
@@ -154,6 +155,7 @@ def build_ask_tab() -> None:
             decision = gr.Markdown(elem_id="ask-decision")
         llm_text = gr.Textbox(label="LLM reasoning (when deferred)", lines=8, elem_id="ask-llm")
     routed = gr.HTML(label="Steps by writer", elem_id="ask-routed")
+    slm.change(served_as, [slm], [signal, threshold])
     steps = gr.Dataframe(headers=STEP_HEADERS, label="Per tier", interactive=False)
     button.click(ask, [question, slm, llm, endpoint_model, token, threshold, answer_kind, signal,
                        use_memory, memory_store, memory_namespace, routing],

@@ -9,8 +9,8 @@ from corea.cascade import Cascade, Tier
 from corea.costs import resolve_price
 from corea.models import GenerationConfig, ModelError
 from corea.tasks import BUILTIN_TASKS, get_task
-from corea.ui.common import (SIGNAL_CHOICES, gpu, llm_choices, load_for_ui, signal_for_ui,
-                             slm_choices)
+from corea.ui.common import (SIGNAL_CHOICES, gpu, llm_choices, load_for_ui, served_as,
+                             serving_for_ui, signal_for_ui, slm_choices)
 
 HEADERS = ["id", "gold", "answer", "SLM confidence", "answered by", "correct", "cost (USD)"]
 MAX_QUESTIONS = 50
@@ -68,11 +68,12 @@ def run_batch(task_name, count, slm, llm, endpoint_model, token, threshold,
 
 def build_batch_tab() -> None:
     """The tab's components and events (inside a gr.Blocks context)."""
+    label, served = serving_for_ui(slm_choices()[0])
     with gr.Row():
         task = gr.Dropdown(list(BUILTIN_TASKS), value="arith", label="Task")
         count = gr.Slider(1, MAX_QUESTIONS, value=10, step=1, label="Questions")
-        threshold = gr.Slider(0, 1, value=0.8, step=0.01, label="Threshold")
-        signal = gr.Radio(list(SIGNAL_CHOICES), value="stated confidence",
+        threshold = gr.Slider(0, 1, value=served, step=0.01, label="Threshold")
+        signal = gr.Radio(list(SIGNAL_CHOICES), value=label,
                           label="SLM confidence is")
     with gr.Row():
         slm = gr.Dropdown(slm_choices(), value=slm_choices()[0], allow_custom_value=True,
@@ -81,6 +82,7 @@ def build_batch_tab() -> None:
                           label="Large model (LLM)")
         endpoint_model = gr.Textbox(label="Endpoint model name")
         token = gr.Textbox(label="Endpoint token", type="password")
+    slm.change(served_as, [slm], [signal, threshold])
     button = gr.Button("Run batch", variant="primary")
     summary = gr.Markdown()
     plot = gr.Plot(label="Running accuracy and deferrals")

@@ -54,7 +54,24 @@ def llm_choices() -> list[str]:
 # What the small model's threshold can be compared with, as the tabs name it (corea.signals).
 SIGNAL_CHOICES = {"stated confidence": "verbalized",
                   "answer token probability": "answer_probability",
-                  "first-token margin": "first_token_margin"}
+                  "first-token margin": "first_token_margin",
+                  "stated confidence, mean over its digits": "verbalized_mean"}
+
+
+def serving_for_ui(slm: str) -> tuple[str, float]:
+    """(signal label, threshold): how `slm` is served by default, as its adapter declares
+    (corea.embedded.serving_defaults); the tabs start from it."""
+    try:
+        signal, threshold = embedded.serving_defaults((slm or "").strip())
+    except ValueError:  # a broken corea.json is reported when the model loads
+        signal, threshold = embedded.DEFAULT_SIGNAL, embedded.DEFAULT_THRESHOLD
+    return next(label for label, value in SIGNAL_CHOICES.items() if value == signal), threshold
+
+
+def served_as(slm: str):
+    """The signal and threshold controls reset to `slm`'s defaults when another SLM is picked."""
+    label, threshold = serving_for_ui(slm)
+    return gr.update(value=label), gr.update(value=threshold)
 
 
 def signal_for_ui(label: str) -> str:
