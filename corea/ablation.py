@@ -86,20 +86,30 @@ def _read(path: Path) -> list[dict] | None:
     return read_trace(path) if path.is_file() else None
 
 
-def stage_row(stage: Stage, traces: Path, runs: Path) -> dict | None:
-    """A stage's figures, or None when its arith-mix table is missing."""
-    slm = _read(traces / f"{stage.trace_prefix}-arith-mix.jsonl")
+def _read_by(path: Path, signal: str) -> list[dict] | None:
+    """A table with its confidence read by `signal` (a column of the table, or the stated one)."""
+    from corea.signals import with_signal
+
+    rows = _read(path)
+    return with_signal(rows, signal) if rows else rows
+
+
+def stage_row(stage: Stage, traces: Path, runs: Path,
+              signal: str = "verbalized") -> dict | None:
+    """A stage's figures, its confidence read by `signal`; None when its arith-mix table is
+    missing."""
+    slm = _read_by(traces / f"{stage.trace_prefix}-arith-mix.jsonl", signal)
     llm = _read(traces / "qwen-arith-mix.jsonl")
     if slm is None:
         return None
-    row = {"stage": stage, "arith": trace_summary(slm),
+    row = {"stage": stage, "signal": signal, "arith": trace_summary(slm),
            "prompt_tokens": float(np.mean([r["prompt_tokens"] for r in slm])),
            "completion_tokens": float(np.mean([r["completion_tokens"] for r in slm])),
            "cost": float(np.mean([r["cost"] for r in slm]))}
     if llm:
         row["held_out"] = held_out_saving(join_traces(slm, llm))
     for name in ("gsm8k", "svamp"):
-        rows = _read(traces / f"{stage.trace_prefix}-{name}.jsonl")
+        rows = _read_by(traces / f"{stage.trace_prefix}-{name}.jsonl", signal)
         row[name] = trace_summary(rows) if rows else None
     record_path = runs / f"{stage.record}.json" if stage.record else None
     row["record"] = json.loads(record_path.read_text()) \
@@ -135,8 +145,36 @@ def _cost_cell(record: dict | None) -> str:
     return f"{examples or '—'} ex. · {steps or '—'} steps · {seconds / 60:.0f} min"
 
 
+SHIPPED_PREFIX = "smollm2-calibrated"  # the shipped default SLM's tables
+
+
+def shipped_rows(adapter: Path | None, traces: Path, runs: Path) -> list[dict]:
+    """A shipped adapter from its own tables (SHIPPED_PREFIX), read as stated and, where the
+    adapter declares another signal to be served with (its corea.json), by that signal too; empty
+    when its corea.json names no stage or its arith-mix table is missing."""
+    from corea import embedded
+
+    serving = embedded.adapter_serving(adapter) if adapter is not None else {}
+    if not serving.get("stage"):
+        return []
+    source = next((s.label for s in STAGES if s.record == serving["stage"]), serving["stage"])
+    signal, threshold = embedded.serving_defaults(str(adapter))
+    signals = dict.fromkeys(["verbalized", signal])
+    rows = []
+    for read in signals:
+        label = (f"shipped default `{adapter.name}` ({source.lstrip('+ ')}), "
+                 + ("as stated" if read == "verbalized" else f"served on {read}"))
+        row = stage_row(Stage(label, SHIPPED_PREFIX, serving.get("stage")), traces, runs, read)
+        if row:
+            rows.append({**row, "served_threshold": threshold})
+    return rows
+
+
 def ablation_section(traces: Path, runs: Path) -> list[str]:
     rows = [row for row in (stage_row(s, traces, runs) for s in STAGES) if row]
+    from corea import embedded
+
+    rows += shipped_rows(embedded.shipped_adapters().get(embedded.TRAINED_SLM or ""), traces, runs)
     if not rows:
         return []
     lines = [
@@ -209,7 +247,7 @@ def speed_paragraph(path: Path) -> list[str]:
 SIGNAL_TABLES = ("smollm2-sft", "smollm2-sftconf", "smollm2-selflabel", "smollm2-selflabel-full",
                  "smollm2-selflabel-ood", "smollm2-selflabel-spread", "smollm2-selflabel-pooled",
                  "smollm2-selflabel-pooled-value", "smollm2-selflabel-level",
-                 "smollm2-selflabel-level-value")
+                 "smollm2-selflabel-level-value", "smollm2-grpo-brier", "smollm2-grpo-group")
 
 
 def signal_table(traces: Path, prefix: str) -> list[str]:
@@ -238,25 +276,55 @@ def signal_table(traces: Path, prefix: str) -> list[str]:
     return lines
 
 
-def model_card(row: dict, untrained: dict, stages: list[dict]) -> str:
+def lineage(record: dict | None, name: str | None, runs: Path) -> list[tuple[str, dict]]:
+    """(record name, run record) of a stage and of each stage it went on from (its config's
+    start_adapter, runs/<name>/adapter), first stage first."""
+    chain, seen = [], set()
+    while record and name and name not in seen:
+        seen.add(name)
+        chain.append((name, record))
+        start = (record.get("config") or {}).get("start_adapter") or ""
+        name = Path(start).parent.name if start else None
+        path = runs / f"{name}.json" if name else None
+        record = json.loads(path.read_text()) if path and path.is_file() else None
+    return chain[::-1]
+
+
+def model_card(readings: list[dict], untrained: dict, runs: Path) -> str:
     """The shipped trained SLM's card (README.md beside its adapter), every figure read from its
-    stage's trace tables and run records, like the ablation table."""
+    trace tables and its stages' run records, like the ablation table. `readings`: its rows as
+    stated and, last, by the signal it is served with (shipped_rows)."""
+    row = readings[-1]
     arith = row["arith"]
     held = row.get("held_out")
+    signal, threshold = row["signal"], row["served_threshold"]
+    read_as = ("the confidence it states" if signal == "verbalized" else
+               f"`{signal}` ({SIGNAL_MEANINGS.get(signal, signal)})")
 
-    def versus(key: str, source: str) -> str:
-        now = arith if source == "arith" else row.get(source)
+    def versus(reading: dict, key: str, source: str) -> str:
+        now = reading["arith"] if source == "arith" else reading.get(source)
         before = untrained["arith"] if source == "arith" else untrained.get(source)
         if not now:
             return "—"
         show = _pct if key == "accuracy" else (lambda v: _num(v, ".3f"))
         return f"{show(before.get(key))} → {show(now.get(key))}" if before else show(now.get(key))
 
+    def line(name: str, reading: dict, key: str) -> str:
+        return (f"| {name} | {versus(reading, key, 'arith')} | {versus(reading, key, 'gsm8k')} "
+                f"| {versus(reading, key, 'svamp')} |")
+
+    measures = [line("accuracy", row, "accuracy")]
+    for reading in readings:
+        name = "stated confidence" if reading["signal"] == "verbalized" else reading["signal"]
+        measures += [line(f"ECE of the {name}", reading, "ece"),
+                     line(f"AUROC of the {name}", reading, "auroc")]
+    table = "\n".join(measures)
+    labels = {s.record: s.label for s in STAGES if s.record}
     recipe = "\n".join(
-        f"- **{r['stage'].label.lstrip('+ ')}** ({_cost_cell(r['record'])})"
-        + (f": {r['record']['stopped_early']} ({r['record']['steps']} of "
-           f"{r['record']['planned_steps']} steps)" if r["record"].get("stopped_early") else "")
-        for r in stages if r["stage"].record and r["record"])
+        f"- **{labels.get(name, name).lstrip('+ ')}** ({_cost_cell(record)})"
+        + (f": {record['stopped_early']} ({record['steps']} of "
+           f"{record['planned_steps']} steps)" if record.get("stopped_early") else "")
+        for name, record in lineage(row["record"], row["stage"].record, runs))
     levels = " · ".join(f"L{k} {_pct(v)}" for k, v in arith.get("accuracy_by_level", {}).items())
     saving = (f"saves {_pct(held['saving'])} of the LLM-alone cost on the other half, at "
               f"{held['loss'] * 100:+.1f} points against the LLM alone there (threshold "
@@ -275,7 +343,8 @@ pipeline_tag: text-generation
 The default small model of corea's cascade: a LoRA adapter on SmolLM2-135M-Instruct, served
 **zero-shot** (corea's system prompt, no worked examples) and on llama.cpp through a merged GGUF
 that corea builds once from the embedded base (`corea.gguf_merge`). It answers, then states
-`Confidence: <0 to 1>`; a cascade defers to the large model below a threshold.
+`Confidence: <0 to 1>`. A cascade reads that as {read_as} and defers to the large model below
+{threshold:.2f} (its corea.json declares both; `--signal` and `--threshold` override them).
 
 ## How it was trained (2 CPU cores, no GPU; configs in training/configs/cpu-mix-*.yaml)
 
@@ -288,15 +357,13 @@ Untrained (few-shot prompt) → this model. arith-mix: the fixed test questions 
 
 | | arith-mix | GSM8K | SVAMP |
 |---|---|---|---|
-| accuracy | {versus("accuracy", "arith")} | {versus("accuracy", "gsm8k")} | {versus("accuracy", "svamp")} |
-| ECE of the stated confidence | {versus("ece", "arith")} | {versus("ece", "gsm8k")} | {versus("ece", "svamp")} |
-| AUROC of the stated confidence | {versus("auroc", "arith")} | {versus("auroc", "gsm8k")} | {versus("auroc", "svamp")} |
+{table}
 
-arith-mix accuracy by level: {levels}; format followed {_pct(arith['format_rate'])}; mean stated
-confidence {arith['mean_confidence']:.2f}.
+arith-mix accuracy by level: {levels}; format followed {_pct(arith['format_rate'])}; mean
+confidence ({signal}) {arith['mean_confidence']:.2f}.
 
-In front of Qwen2.5-Coder-1.5B on arith-mix, a threshold chosen on one seeded half of the
-questions {saving}. Its own replies cost {row['prompt_tokens']:.0f} prompt and
+In front of Qwen2.5-Coder-1.5B on arith-mix, a threshold on {signal} chosen on one seeded half
+of the questions {saving}. Its own replies cost {row['prompt_tokens']:.0f} prompt and
 {row['completion_tokens']:.0f} completion tokens per question (the untrained model, with the two
 worked examples it needs: {untrained['prompt_tokens']:.0f} and
 {untrained['completion_tokens']:.0f}).
@@ -304,25 +371,26 @@ worked examples it needs: {untrained['prompt_tokens']:.0f} and
 ## Limits
 
 A 135M model trained on generated arithmetic and GSM8K solutions: on GSM8K and SVAMP it is still
-mostly wrong (see the table). Its confidence tracks mostly how hard a question looks (how many
-operations), less whether a given answer is right.
+mostly wrong (see the table). Greedy decoding states one of a few values; the probabilities behind
+that choice (`verbalized_mean`) rank its answers far better than the value it writes.
 """
+
+
+SIGNAL_MEANINGS = {"verbalized_mean": "the stated value's mean under the model's probabilities "
+                                      "for its digits"}
 
 
 def write_model_card(adapter_dir: Path, traces: Path, runs: Path) -> Path | None:
     """The card of a shipped adapter whose corea.json names the stage it comes from
-    (`{"stage": "<record>"}`); None when it names none or that stage has no tables yet."""
-    serving = json.loads((adapter_dir / "corea.json").read_text()) \
-        if (adapter_dir / "corea.json").is_file() else {}
-    if not serving.get("stage"):
-        return None
+    (`{"stage": "<record>"}`), from the shipped tables (SHIPPED_PREFIX); None when it names none
+    or those tables are missing."""
+    readings = shipped_rows(adapter_dir, traces, runs)
     rows = [row for row in (stage_row(s, traces, runs) for s in STAGES) if row]
-    shipped = next((r for r in rows if r["stage"].record == serving["stage"]), None)
     untrained = next((r for r in rows if r["stage"].record is None), None)
-    if shipped is None or untrained is None:
+    if not readings or untrained is None:
         return None
     path = adapter_dir / "README.md"
-    path.write_text(model_card(shipped, untrained, rows))
+    path.write_text(model_card(readings, untrained, runs))
     return path
 
 

@@ -26,8 +26,8 @@ from corea.ablation import RUNS_DIR, ablation_section
 from corea.costs import resolve_price
 from corea.metrics import TracePair, join_traces, summarize
 from corea.metrics import auroc as metrics_auroc
-from corea.models import GenerationConfig, get_model, load_model
-from corea.signals import SIGNALS, TOKEN_SIGNALS, with_signal
+from corea.models import GenerationConfig, get_model
+from corea.signals import COLUMN_SIGNALS, SIGNALS, TOKEN_SIGNALS, with_signal
 from corea.tasks import get_task
 from corea.thresholds import choose_threshold, guaranteed_threshold, min_calibration_questions
 from corea.traces import read_trace, run_trace
@@ -67,9 +67,8 @@ def build_traces(plan: BenchPlan) -> dict[str, dict[str, list[dict]]]:
     sampler = get_model(embedded.DEFAULT_SLM)
     llm = get_model(embedded.DEFAULT_LLM)
     calibrated = None
-    if plan.adapter:
-        calibrated = load_model(embedded.DEFAULT_SLM, adapter=plan.adapter, backend="transformers")
-        calibrated.name = f"{embedded.DEFAULT_SLM}+{plan.adapter.name}"
+    if plan.adapter:  # as it is served: merged into the GGUF on llama.cpp where it can be
+        calibrated = get_model(str(plan.adapter), logprobs=True)
     # Pass by pass rather than set by set: the greedy tables of every set (which carry all the
     # single-pass signals) are finished before any sampled run starts, so a run cut short by time
     # still reports every set, with fewer samples.
@@ -79,10 +78,12 @@ def build_traces(plan: BenchPlan) -> dict[str, dict[str, list[dict]]]:
                      "samples": []}
               for name, split in DATASETS}
     if calibrated is not None:
+        # Read by the signal the adapter declares it is served with (its corea.json).
+        signal, _ = embedded.serving_defaults(str(plan.adapter))
         for name, split in DATASETS:
-            tables[name]["calibrated"] = _trace(calibrated, name, split,
-                                                t / f"smollm2-calibrated-{name}.jsonl", plan,
-                                                batch_size=16)
+            tables[name]["calibrated"] = with_signal(
+                _trace(calibrated, name, split, t / f"smollm2-calibrated-{name}.jsonl", plan,
+                       batch_size=16), signal)
     for k in range(1, plan.samples + 1):
         sampling = GenerationConfig(max_new_tokens=plan.max_new_tokens, seed=k, **SAMPLING)
         for name, split in DATASETS:
@@ -101,8 +102,11 @@ SIGNAL_LABELS = {"verbalized": "verbalized (untrained)",
 def signal_pairs(entry: dict, checker: str) -> dict[str, TracePair]:
     """Each deferral signal's trace pair, keyed by its label in the report."""
     slm, llm = entry["slm"], entry["llm"]
+    # A column signal counts where the table has its column (tables traced before it existed
+    # do not).
     pairs = {label: join_traces(with_signal(slm, signal), llm)
-             for signal, label in SIGNAL_LABELS.items()}
+             for signal, label in SIGNAL_LABELS.items()
+             if signal not in COLUMN_SIGNALS or any(signal in row for row in slm)}
     if entry["samples"]:
         pairs[f"self-consistency (k={len(entry['samples'])})"] = join_traces(
             with_signal(slm, "vote_share", samples=entry["samples"], checker=checker), llm)

@@ -399,8 +399,9 @@ def cmd_bench(args) -> int:
     limit = args.limit or (20 if args.quick else 200)
     samples = args.samples if args.samples is not None else (3 if args.quick else 5)
     adapter = args.adapter
-    if adapter is None and embedded.shipped_adapters():
-        adapter = next(iter(embedded.shipped_adapters().values()))
+    if adapter is None and embedded.shipped_adapters():  # the default SLM's, else the first
+        shipped = embedded.shipped_adapters()
+        adapter = shipped.get(embedded.TRAINED_SLM or "") or next(iter(shipped.values()))
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise UsageError(f"--adapter {adapter}: not an adapter directory")
     out = args.out or Path("benchmarks") / ("quick/REPORT.md" if args.quick else "REPORT.md")

@@ -136,7 +136,7 @@ DEFAULT_LLM = "qwen2.5-coder-1.5b"
 # folder under adapters/, with its model card) once it measures better than the untrained one in
 # benchmarks/REPORT.md; the untrained model stays selectable as `smollm2`. None: no shipped adapter
 # has yet (the calibrated one defers nearly everything; see README).
-TRAINED_SLM: str | None = None
+TRAINED_SLM: str | None = "smollm2-135m-calibrated"
 
 # Calibrated adapters that ship with the project, each a folder with adapter_config.json; they are
 # named by their folder (`smollm2-calibrated`) wherever a model is named.

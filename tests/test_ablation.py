@@ -40,10 +40,12 @@ def _table(path, model, rows):
         "gold": "1", "model": model, "output": "Answer: 1", "answer": "1", "confidence": conf,
         "format_ok": conf is not None, "correct": right, "prompt_tokens": tokens,
         "completion_tokens": 10, "cost": cost, "latency_s": 0.1,
-        "meta": {"level": 1 + i % 5}}) + "\n" for i, (right, conf, tokens, cost) in enumerate(rows)))
+        "meta": {"level": 1 + i % 5}, **extra}) + "\n"
+        for i, (right, conf, tokens, cost, *more) in enumerate(rows)
+        for extra in [more[0] if more else {}]))
 
 
-def test_the_shipped_adapters_card_states_its_stages_measured_figures(tmp_path):
+def test_the_shipped_adapters_card_states_its_measured_figures_both_ways(tmp_path):
     import json
 
     from corea.ablation import write_model_card
@@ -54,18 +56,33 @@ def test_the_shipped_adapters_card_states_its_stages_measured_figures(tmp_path):
     levels_right = [i % 5 < 2 for i in range(200)]  # right on levels 1 and 2 only
     _table(traces / "smollm2-arith-mix.jsonl", "smollm2",
            [(False, None, 290, 7e-6)] * 200)
-    _table(traces / "smollm2-sftconf-arith-mix.jsonl", "smollm2+adapter",
-           [(right, 0.9 if right else 0.1, 140, 3e-6) for right in levels_right])
+    # The shipped model states 0.9 on every question; the mean over its digits tells them apart.
+    _table(traces / "smollm2-calibrated-arith-mix.jsonl", "smollm2+adapter",
+           [(right, 0.9, 140, 3e-6, {"verbalized_mean": 0.8 if right else 0.3})
+            for right in levels_right])
     _table(traces / "qwen-arith-mix.jsonl", "qwen", [(True, 0.9, 270, 7e-5)] * 200)
+    # The card's recipe follows each stage back to the one it started from.
+    (runs / "mix-sft.json").write_text(json.dumps(
+        {"stage": "sft", "examples": 2000, "steps": 175, "train_seconds": 3180}))
     (runs / "mix-sft-conf.json").write_text(json.dumps(
-        {"stage": "sft", "examples": 1350, "steps": 169, "train_seconds": 2045.7}))
+        {"stage": "sft", "examples": 1350, "steps": 169, "train_seconds": 2045.7,
+         "config": {"start_adapter": "runs/mix-sft/adapter"}}))
+    (runs / "mix-self-label-level.json").write_text(json.dumps({"stage": "self-label"}))
+    (adapter / "adapter_config.json").write_text("{}")
     assert write_model_card(adapter, traces, runs) is None  # corea.json names no stage
-    (adapter / "corea.json").write_text(json.dumps({"few_shot": False, "stage": "mix-sft-conf"}))
+    (adapter / "corea.json").write_text(json.dumps(
+        {"few_shot": False, "stage": "mix-sft-conf", "signal": "verbalized_mean",
+         "threshold": 0.6}))
     card = write_model_card(adapter, traces, runs).read_text()
     assert "| accuracy | 0.0% → 40.0% |" in card
-    assert "| AUROC of the stated confidence | — → 1.000 |" in card
+    assert "| AUROC of the stated confidence | — → 0.500 |" in card
+    assert "| AUROC of the verbalized_mean | — → 1.000 |" in card
+    assert "defers to the large model below\n0.60" in card
     assert "L1 100.0% · L2 100.0% · L3 0.0%" in card
-    assert "1350 ex. · 169 steps · 34 min" in card
+    recipe = card.split("## How it was trained")[1].split("## Measured")[0]
+    assert recipe.index("**SFT (competence)** (2000 ex. · 175 steps · 53 min)") \
+        < recipe.index("**SFT, measured confidence line** (1350 ex. · 169 steps · 34 min)")
+    assert "level share" not in recipe  # a stage it did not go on from
     assert "140 prompt" in card and "290 and" in card
 
 

@@ -44,6 +44,11 @@ def test_each_signal_becomes_the_confidence_the_sweep_defers_on():
         "oracle (upper bound)": [1.0, 0.0, 0.0],
         "self-consistency (k=2)": [1.0, 0.5, 0.0],       # "4.0" agrees with "4" numerically
     }
+    # A table traced with the digits' alternatives also has their mean.
+    with_mean = [{**row, "verbalized_mean": mean} for row, mean in zip(SLM, [0.75, 0.4, None])]
+    pairs_with_mean = signal_pairs({"slm": with_mean, "llm": LLM, "samples": []}, "numeric")
+    assert pairs_with_mean["stated confidence, mean over its digits"].confidence.tolist() == [
+        0.75, 0.4, 0.0]
     # Self-consistency pays for its two sampled replies on every question; the others pay one.
     assert pairs["self-consistency (k=2)"].slm_cost.tolist() == [3.0, 3.0, 3.0]
     assert pairs["first-token margin"].slm_cost.tolist() == [1.0, 1.0, 1.0]
