@@ -86,19 +86,22 @@ def _read(path: Path) -> list[dict] | None:
     return read_trace(path) if path.is_file() else None
 
 
-def _read_by(path: Path, signal: str) -> list[dict] | None:
-    """A table with its confidence read by `signal` (a column of the table, or the stated one)."""
-    from corea.signals import with_signal
+def _read_by(path: Path, signal: str, mapped: bool = True) -> list[dict] | None:
+    """A table with its confidence read by `signal` (a column of the table, or the stated one),
+    through the model's Platt map where it declares one, unless not `mapped`."""
+    from corea.signals import COLUMN_SIGNALS, with_signal
 
     rows = _read(path)
-    return with_signal(rows, signal) if rows else rows
+    if rows and signal in COLUMN_SIGNALS and not any(signal in row for row in rows):
+        return None  # traced without that column: nothing to read it by
+    return with_signal(rows, signal, mapped=mapped) if rows else rows
 
 
-def stage_row(stage: Stage, traces: Path, runs: Path,
-              signal: str = "verbalized") -> dict | None:
+def stage_row(stage: Stage, traces: Path, runs: Path, signal: str = "verbalized",
+              mapped: bool = True) -> dict | None:
     """A stage's figures, its confidence read by `signal`; None when its arith-mix table is
     missing."""
-    slm = _read_by(traces / f"{stage.trace_prefix}-arith-mix.jsonl", signal)
+    slm = _read_by(traces / f"{stage.trace_prefix}-arith-mix.jsonl", signal, mapped)
     llm = _read(traces / "qwen-arith-mix.jsonl")
     if slm is None:
         return None
@@ -109,7 +112,7 @@ def stage_row(stage: Stage, traces: Path, runs: Path,
     if llm:
         row["held_out"] = held_out_saving(join_traces(slm, llm))
     for name in ("gsm8k", "svamp"):
-        rows = _read_by(traces / f"{stage.trace_prefix}-{name}.jsonl", signal)
+        rows = _read_by(traces / f"{stage.trace_prefix}-{name}.jsonl", signal, mapped)
         row[name] = trace_summary(rows) if rows else None
     record_path = runs / f"{stage.record}.json" if stage.record else None
     row["record"] = json.loads(record_path.read_text()) \
@@ -150,23 +153,29 @@ SHIPPED_PREFIX = "smollm2-calibrated"  # the shipped default SLM's tables
 
 def shipped_rows(adapter: Path | None, traces: Path, runs: Path) -> list[dict]:
     """A shipped adapter from its own tables (SHIPPED_PREFIX), read as stated and, where the
-    adapter declares another signal to be served with (its corea.json), by that signal too; empty
-    when its corea.json names no stage or its arith-mix table is missing."""
+    adapter declares another signal to be served with or a Platt map (its corea.json), by that
+    signal, raw and then through the map, as served; empty when its corea.json names no stage or
+    its arith-mix table is missing. The last row is the reading it is served with."""
     from corea import embedded
+    from corea.calibration import adapter_map
 
     serving = embedded.adapter_serving(adapter) if adapter is not None else {}
     if not serving.get("stage"):
         return []
-    source = next((s.label for s in STAGES if s.record == serving["stage"]), serving["stage"])
     signal, threshold = embedded.serving_defaults(str(adapter))
-    signals = dict.fromkeys(["verbalized", signal])
+    platt = adapter_map(adapter)
+    readings = [("verbalized", False, "as stated")]
+    if signal != "verbalized":
+        readings.append((signal, False, f"read as {signal}"))
+    if platt is not None and platt.signal == signal:
+        readings.append((signal, True, f"served: {signal} through its Platt map"))
     rows = []
-    for read in signals:
-        label = (f"shipped default `{adapter.name}` ({source.lstrip('+ ')}), "
-                 + ("as stated" if read == "verbalized" else f"served on {read}"))
-        row = stage_row(Stage(label, SHIPPED_PREFIX, serving.get("stage")), traces, runs, read)
+    for read, mapped, how in readings:
+        label = f"shipped default `{adapter.name}` (the {serving['stage']} model), {how}"
+        row = stage_row(Stage(label, SHIPPED_PREFIX, serving.get("stage")), traces, runs, read,
+                        mapped)
         if row:
-            rows.append({**row, "served_threshold": threshold})
+            rows.append({**row, "served_threshold": threshold, "mapped": mapped})
     return rows
 
 
@@ -300,6 +309,9 @@ def model_card(readings: list[dict], untrained: dict, runs: Path) -> str:
     signal, threshold = row["signal"], row["served_threshold"]
     read_as = ("the confidence it states" if signal == "verbalized" else
                f"`{signal}` ({SIGNAL_MEANINGS.get(signal, signal)})")
+    if row.get("mapped"):
+        read_as += (", through a Platt map fitted on its answers to training questions "
+                    "(`python -m corea calibrate`), so that it reads as the chance of being right")
 
     def versus(reading: dict, key: str, source: str) -> str:
         now = reading["arith"] if source == "arith" else reading.get(source)
@@ -316,6 +328,7 @@ def model_card(readings: list[dict], untrained: dict, runs: Path) -> str:
     measures = [line("accuracy", row, "accuracy")]
     for reading in readings:
         name = "stated confidence" if reading["signal"] == "verbalized" else reading["signal"]
+        name += ", as served (mapped)" if reading.get("mapped") else ""
         measures += [line(f"ECE of the {name}", reading, "ece"),
                      line(f"AUROC of the {name}", reading, "auroc")]
     table = "\n".join(measures)
@@ -343,8 +356,8 @@ pipeline_tag: text-generation
 The default small model of corea's cascade: a LoRA adapter on SmolLM2-135M-Instruct, served
 **zero-shot** (corea's system prompt, no worked examples) and on llama.cpp through a merged GGUF
 that corea builds once from the embedded base (`corea.gguf_merge`). It answers, then states
-`Confidence: <0 to 1>`. A cascade reads that as {read_as} and defers to the large model below
-{threshold:.2f} (its corea.json declares both; `--signal` and `--threshold` override them).
+`Confidence: <0 to 1>`. A cascade reads that as {read_as}, and defers to the large model below
+{threshold:.2f} (as its corea.json declares; `--signal` and `--threshold` override them).
 
 ## How it was trained (2 CPU cores, no GPU; configs in training/configs/cpu-mix-*.yaml)
 

@@ -253,6 +253,9 @@ class Cascade:
         parsed = parse_reply(generation.text)
         confidence = generation_confidence(tier.signal, parsed, generation.text,
                                            generation.token_logprobs)
+        mapped = tier.model.confidence_map
+        if mapped is not None and mapped.signal == tier.signal:  # a trained model's Platt map
+            confidence = mapped(confidence)
         if generation.finish_reason == "repetition":  # cut while looping: a format failure
             parsed, confidence = replace(parsed, format_ok=False), None
         if index == len(self.tiers) - 1:

@@ -23,7 +23,7 @@ from corea.models import BACKENDS, GenerationConfig, ModelError
 from corea.checking import CHECKERS
 from corea.signals import RUNTIME_SIGNALS, SIGNALS
 from corea.tasks import BUILTIN_TASKS, ColumnMapping
-from corea.traces import TraceError
+from corea.traces import TraceError, read_trace
 
 
 class UsageError(Exception):
@@ -244,7 +244,6 @@ def _signal_pair(args):
     from corea.metrics import join_traces
     from corea.signals import with_signal
     from corea.tasks import builtin_checker
-    from corea.traces import read_trace
 
     slm_rows = read_trace(args.slm)
     if not slm_rows:
@@ -413,6 +412,49 @@ def cmd_bench(args) -> int:
 
 
 # --------------------------------------------------------------------------------------- listings
+
+def cmd_calibrate(args) -> int:
+    """Fit a trained adapter's Platt map on its trace table of training questions and declare it
+    in the adapter's corea.json (corea.calibration)."""
+    from corea.calibration import fit_platt
+    from corea.metrics import expected_calibration_error
+    from corea.signals import with_signal
+
+    adapter = args.adapter
+    if not (adapter / "adapter_config.json").is_file():
+        raise UsageError(f"--adapter {adapter}: not an adapter directory")
+    rows = read_trace(args.trace)
+    if not rows:
+        raise UsageError(f"{args.trace}: the table is empty")
+    others = sorted({row["model"] for row in rows if not row["model"].endswith(f"+{adapter.name}")})
+    if others:
+        raise UsageError(f"{args.trace}: answers of {', '.join(others)}, not of {adapter.name}: "
+                         "fit a model's map on its own answers")
+    tested = sum(row.get("split") == "test" for row in rows)
+    if tested:
+        raise UsageError(f"{args.trace}: {tested} rows are test questions; fit the map on "
+                         "training questions (trace with --split train) and measure on the test")
+    try:
+        raw = with_signal(rows, args.signal, mapped=False)
+        values, correct = [row["confidence"] for row in raw], [row["correct"] for row in raw]
+        platt = fit_platt(values, correct, args.signal,
+                          f"{len(rows)} {rows[0]['task']} {rows[0].get('split', '')} questions "
+                          f"({args.trace.name})")
+    except ValueError as error:
+        raise UsageError(f"{args.trace}: {error}") from error
+    before = expected_calibration_error(values, correct)
+    after = expected_calibration_error([platt(v) for v in values], correct)
+    print(f"{args.signal} on {platt.fitted_on}: slope {platt.slope:.3f}, intercept "
+          f"{platt.intercept:.3f}; ECE there {before:.3f} -> {after:.3f}")
+    if args.dry_run:
+        return 0
+    serving = embedded.adapter_serving(adapter)
+    serving["calibration"] = platt.to_dict()
+    (adapter / "corea.json").write_text(json.dumps(serving, indent=2) + "\n")
+    print(f"written to {adapter / 'corea.json'}: the cascade now reads {args.signal} of "
+          f"{adapter.name} through it, live and from its trace tables")
+    return 0
+
 
 def cmd_models(args) -> int:
     for model in embedded.EMBEDDED_MODELS.values():
@@ -594,8 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Point any OpenAI client at http://HOST:PORT/v1.")
     serve_parser.add_argument("--config", type=Path,
                               help="the cascade config JSON (as the app's threshold tuning "
-                                   "exports; examples in configs/); default: the embedded pair, "
-                                   "threshold 0.8")
+                                   "exports; examples in configs/); default: the default SLM "
+                                   "as its adapter declares it is served, then the LLM "
+                                   "(configs/default.json)")
     serve_parser.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
     serve_parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     serve_parser.add_argument("--retries", type=int, default=2,
@@ -630,6 +673,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only rewrite the report's training ablation section, from the trace "
                             "tables and run records (seconds)")
     bench.set_defaults(handler=cmd_bench)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit a trained adapter's confidence map on training questions",
+        description="Fit a Platt map, p = sigmoid(a * logit(v) + b), from a confidence signal of a "
+                    "trained adapter to the chance that its answer is right, on its trace table "
+                    "of training questions, and declare it in the adapter's corea.json: the "
+                    "cascade then reads that signal through the map.")
+    calibrate.add_argument("--adapter", type=Path, required=True, help="the adapter folder")
+    calibrate.add_argument("--trace", type=Path, required=True,
+                           help="its trace table of training questions (corea trace --split "
+                                "train; --logprobs for a token signal)")
+    calibrate.add_argument("--signal", choices=RUNTIME_SIGNALS, default="verbalized",
+                           help="the signal to map (default: %(default)s)")
+    calibrate.add_argument("--dry-run", action="store_true",
+                           help="fit and report, write nothing")
+    calibrate.set_defaults(handler=cmd_calibrate)
 
     models = commands.add_parser("models", help="list the embedded models and their prices")
     models.add_argument("--locate", action="store_true",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from corea import embedded
+from corea.calibration import PlattMap, adapter_map
 from corea.stopping import cut_reply, find_stop, stop_of, stops_early
 
 BACKENDS = ("auto", "llama.cpp", "transformers")
@@ -85,6 +86,9 @@ class Model(ABC):
     # Whether corea's two worked examples go into this model's prompt. A model fine-tuned to
     # answer zero-shot says so in its adapter's corea.json, and is then served without them.
     few_shot: bool = True
+    # A trained model's map of one confidence signal to the probability of being right
+    # (corea.calibration), from its adapter's corea.json; the cascade reads that signal through it.
+    confidence_map: "PlattMap | None" = None
 
     @abstractmethod
     def generate(self, conversations: list[list[dict]],
@@ -814,6 +818,7 @@ def _load_adapter_dir(path: Path, backend: str, logprobs: bool = False) -> Model
                            logprobs=logprobs)
         model.name = f"{model.name}+{path.name}"
     model.few_shot = serving.get("few_shot", True)
+    model.confidence_map = adapter_map(path)
     return model
 
 

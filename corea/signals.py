@@ -154,13 +154,27 @@ COLUMN_SIGNALS = {
 
 
 def with_signal(rows: list[dict], signal: str, *, samples: list[list[dict]] = (),
-                checker: str = "exact") -> list[dict]:
+                checker: str = "exact", mapped: bool = True) -> list[dict]:
     """`rows` with their confidence replaced by `signal`, so any sweep defers on it.
 
     A row the signal cannot score (no answer, no log-probabilities) gets 0: the cascade defers it,
     as it does a reply without a stated confidence. Under `vote_share` each row also pays for its
-    k sampled replies: self-consistency runs the SLM k more times on every question.
+    k sampled replies: self-consistency runs the SLM k more times on every question. A shipped
+    model that declares a Platt map for `signal` (corea.calibration) is read through it, as the
+    cascade reads it live, unless `mapped` is False.
     """
+    read = _read_signal(rows, signal, samples, checker)
+    if not mapped or signal in ("vote_share", "oracle"):
+        return read
+    from corea.calibration import model_map
+
+    maps = {name: model_map(name) for name in {row.get("model", "") for row in read}}
+    return [{**row, "confidence": platt(row["confidence"])}
+            if (platt := maps[row.get("model", "")]) is not None and platt.signal == signal
+            else row for row in read]
+
+
+def _read_signal(rows: list[dict], signal: str, samples, checker: str) -> list[dict]:
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}")
     if signal == "verbalized":

@@ -77,6 +77,7 @@ def test_the_shipped_adapters_card_states_its_measured_figures_both_ways(tmp_pat
     assert "| accuracy | 0.0% → 40.0% |" in card
     assert "| AUROC of the stated confidence | — → 0.500 |" in card
     assert "| AUROC of the verbalized_mean | — → 1.000 |" in card
+    assert "as served" not in card  # no Platt map declared
     assert "defers to the large model below\n0.60" in card
     assert "L1 100.0% · L2 100.0% · L3 0.0%" in card
     recipe = card.split("## How it was trained")[1].split("## Measured")[0]

@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from corea.calibration import PlattMap
 from corea.cascade import Cascade, CascadeConfig, Tier, TierSpec
 from corea.costs import Price
 from corea.models import Generation, GenerationConfig, TransformersModel
@@ -104,3 +105,26 @@ def test_a_cascade_on_a_token_signal_runs_end_to_end(tiny_with_logprobs, tiny_mo
     assert first.generation.token_logprobs  # the model was asked for them and gave them
     # Gibberish from random weights has no "Answer:" line: nothing to score, so it is deferred.
     assert (first.confidence, first.decision) == (None, "deferred")
+
+
+def test_the_cascade_reads_the_mapped_signal_of_a_model_that_declares_one(tiny_with_logprobs,
+                                                                         tiny_model_b):
+    text = "Answer: 7\nConfidence: 0.9"
+    tokens = (("Answer:", -0.01, -5.0, ()), (" 7", math.log(0.3), math.log(0.25), ()),
+              ("\nConfidence: 0.9", -0.01, -5.0, ()))
+    generation = Generation(text, 10, 3, 0.1, token_logprobs=tokens)
+
+    def decide(signal):
+        tiers = [Tier(tiny_with_logprobs, 0.5, Price(1.0, 1.0), signal),
+                 Tier(tiny_model_b, None, Price(10.0, 10.0))]
+        return Cascade(tiers, SHORT).decide(0, generation)
+
+    assert decide("answer_probability").confidence == pytest.approx(0.3)  # no map: as read
+    platt = PlattMap("answer_probability", 2.0, 2.0)
+    tiny_with_logprobs.confidence_map = platt
+    try:
+        step = decide("answer_probability")
+        assert step.confidence == pytest.approx(platt(0.3)) and step.decision == "kept"
+        assert decide("verbalized").confidence == 0.9  # a map of another signal leaves it be
+    finally:
+        tiny_with_logprobs.confidence_map = None
