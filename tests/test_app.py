@@ -233,3 +233,14 @@ def test_training_curves_from_a_run_log(client):
     plotted = json.loads(figure["plot"]) if isinstance(figure, dict) else figure
     names = {trace["name"] for trace in plotted["data"]}
     assert {"reward", "calibration/ece", "completions/mean_length"} <= names
+
+
+def test_the_tabs_start_from_how_the_chosen_slm_is_served():
+    from corea import embedded
+    from corea.ui.common import SIGNAL_CHOICES, serving_for_ui, slm_choices
+
+    # The shipped default is read as its adapter declares; the untrained model as it states.
+    label, threshold = serving_for_ui(slm_choices()[0])
+    signal, served = embedded.serving_defaults(embedded.default_slm())
+    assert (SIGNAL_CHOICES[label], threshold) == (signal, served)
+    assert serving_for_ui("smollm2") == ("stated confidence", 0.8)
