@@ -140,8 +140,11 @@ def _held_cell(held: dict | None) -> str:
 def _cost_cell(record: dict | None) -> str:
     if not record:
         return "—"
-    seconds = sum(record.get(key, 0) for key in ("train_seconds", "sample_seconds",
-                                                  "grpo_seconds", "sample_seconds_reused"))
+    # A GRPO record's grpo_seconds add up every run of the stage (resumed ones too);
+    # train_seconds is its last run's, already among them.
+    training = "grpo_seconds" if "grpo_seconds" in record else "train_seconds"
+    seconds = sum(record.get(key, 0) for key in (training, "sample_seconds",
+                                                  "sample_seconds_reused"))
     examples = record.get("examples") or record.get("self_label_rows") \
         or record.get("train_questions")
     steps = record.get("steps") or record.get("self_label_steps")
