@@ -401,6 +401,8 @@ def cmd_bench(args) -> int:
     if adapter is None and embedded.shipped_adapters():  # the default SLM's, else the first
         shipped = embedded.shipped_adapters()
         adapter = shipped.get(embedded.TRAINED_SLM or "") or next(iter(shipped.values()))
+        if adapter.is_relative_to(Path.cwd()):  # named in the report as the repository has it
+            adapter = adapter.relative_to(Path.cwd())
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise UsageError(f"--adapter {adapter}: not an adapter directory")
     out = args.out or Path("benchmarks") / ("quick/REPORT.md" if args.quick else "REPORT.md")
