@@ -148,6 +148,12 @@ def _cost_cell(record: dict | None) -> str:
     examples = record.get("examples") or record.get("self_label_rows") \
         or record.get("train_questions")
     steps = record.get("steps") or record.get("self_label_steps")
+    config = record.get("config") or {}
+    if "grpo_seconds" in record and steps and config.get("num_generations"):
+        # GRPO samples num_generations replies per question: the questions it saw, not its pool.
+        examples = (steps * config.get("per_device_train_batch_size", 1)
+                    * config.get("gradient_accumulation_steps", 1) // config["num_generations"])
+        return f"{examples} questions · {steps} steps · {seconds / 60:.0f} min"
     return f"{examples or '—'} ex. · {steps or '—'} steps · {seconds / 60:.0f} min"
 
 

@@ -105,3 +105,14 @@ def test_the_speed_paragraph_reports_the_measured_ratio_and_nothing_without_a_re
     path.write_text(json.dumps(result))
     text = speed_paragraph(path)[0]
     assert "**0.75x**" in text and "15.0 tokens/s" in text and "--adapter A" in text
+
+
+def test_a_grpo_stage_counts_the_questions_it_sampled_and_all_its_runs_time():
+    from corea.ablation import _cost_cell
+
+    record = {"train_questions": 400, "steps": 71, "grpo_seconds": 3684, "train_seconds": 97,
+              "config": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+                         "num_generations": 4}}
+    assert _cost_cell(record) == "142 questions · 71 steps · 61 min"
+    assert _cost_cell({"examples": 320, "steps": 40, "train_seconds": 660}) \
+        == "320 ex. · 40 steps · 11 min"
