@@ -265,7 +265,8 @@ def speed_paragraph(path: Path) -> list[str]:
 SIGNAL_TABLES = ("smollm2-sft", "smollm2-sftconf", "smollm2-selflabel", "smollm2-selflabel-full",
                  "smollm2-selflabel-ood", "smollm2-selflabel-spread", "smollm2-selflabel-pooled",
                  "smollm2-selflabel-pooled-value", "smollm2-selflabel-level",
-                 "smollm2-selflabel-level-value", "smollm2-grpo-brier", "smollm2-grpo-group")
+                 "smollm2-selflabel-level-value", "smollm2-grpo-brier", "smollm2-grpo-group",
+                 "smollm2-calibrated")
 
 
 def signal_table(traces: Path, prefix: str) -> list[str]:
@@ -278,7 +279,9 @@ def signal_table(traces: Path, prefix: str) -> list[str]:
     llm = _read(traces / "qwen-arith-mix.jsonl")
     if not slm or not llm:
         return []
-    label = next((s.label for s in STAGES if s.trace_prefix == prefix), prefix)
+    label = next((s.label for s in STAGES if s.trace_prefix == prefix),
+                 "shipped default (each signal as served, through its Platt map where it declares"
+                 " one)" if prefix == SHIPPED_PREFIX else prefix)
     lines = ["", f"Deferral signals of the {label} model on arith-mix (same questions, same "
              "held-out halves; a reply with no stated confidence reads 0):", "", "| signal | AUROC | ECE | held-out saving (loss) |", "|---|---|---|---|"]
     for signal in ("verbalized", "verbalized_mean", "answer_probability", "probe"):

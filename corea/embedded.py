@@ -207,6 +207,29 @@ def merged_gguf(base: EmbeddedModel, adapter_dir: Path) -> Path:
     return target
 
 
+def adapter_base(adapter_dir: Path) -> tuple["EmbeddedModel | None", str | None]:
+    """The base an adapter names (adapter_config.json): the embedded model it is, if any, and
+    the name as written."""
+    import json
+
+    base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path")
+    if not base:
+        return None, None
+    return resolve_embedded(Path(base).name.removesuffix("-hf")) or resolve_embedded(base), base
+
+
+def served_name(model: str) -> str:
+    """The name a loaded embedded model or shipped adapter goes by (in replies, trace tables and
+    /health): "base+adapter" for an adapter."""
+    adapter = shipped_adapters().get(model)
+    if adapter is None:
+        found = resolve_embedded(model)
+        return found.name if found else model
+    found, base = adapter_base(adapter)
+    return f"{found.name if found else Path(base or '').name}+{adapter.name}"
+
+
 def default_slm() -> str:
     """The SLM a cascade starts with when none is named: the shipped trained model, or the
     untrained embedded one where the adapter is missing."""

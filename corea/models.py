@@ -797,13 +797,9 @@ def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "
 
 
 def _load_adapter_dir(path: Path, backend: str, logprobs: bool = False) -> Model:
-    import json
-
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    found, base = embedded.adapter_base(path)
     if not base:
         raise ModelError(f"{path}/adapter_config.json names no base model")
-    found = embedded.resolve_embedded(Path(base).name.removesuffix("-hf")) \
-        or embedded.resolve_embedded(base)
     if found is not None:  # the embedded copy offline; its Hub checkpoint where it is not installed
         base = found.name if found.installed() else found.hub_id
     serving = embedded.adapter_serving(path)

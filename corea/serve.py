@@ -393,7 +393,7 @@ def create_app(cascade: Cascade, policy: ServePolicy = ServePolicy()) -> FastAPI
     def health():
         now = time.monotonic()
         return {"status": "ok", "tiers": [
-            {"tier": i + 1, "model": t.model.name, "threshold": t.threshold,
+            {"tier": i + 1, "model": t.model.name, "threshold": t.threshold, "signal": t.signal,
              "cooling_down_s": max(0.0, round(h.cooled_until - now, 1))}
             for i, (t, h) in enumerate(zip(cascade.tiers, service.health))]}
 

@@ -93,3 +93,11 @@ def test_a_trained_adapter_declares_how_it_is_served(tmp_path, monkeypatch):
     (adapter / "corea.json").write_text(json.dumps({"threshold": 8}))
     with pytest.raises(ValueError, match="threshold must be a number in"):
         embedded.serving_defaults("my-slm")
+
+
+def test_a_shipped_adapter_is_served_under_its_base_and_its_name():
+    assert embedded.served_name("smollm2") == "smollm2-135m"
+    assert embedded.served_name("owner/model") == "owner/model"
+    for name, folder in embedded.shipped_adapters().items():
+        found, _ = embedded.adapter_base(folder)
+        assert embedded.served_name(name) == f"{found.name}+{name}"

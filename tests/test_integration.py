@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from conftest import embedded_installed, free_port
+from corea import embedded
 from corea.models import EndpointModel, GenerationConfig, ModelError, get_model, load_model
 from corea.protocol import build_messages
 from corea.tasks import get_task
@@ -165,7 +166,8 @@ def test_ask_through_the_embedded_cascade():
     report = json.loads(result.stdout)
     # threshold 1.0: the SLM keeps only answers it is certain of; otherwise both tiers are paid
     steps = report["steps"]
-    assert steps[0]["model"] == "smollm2-135m"
+    assert steps[0]["model"] == embedded.served_name(embedded.default_slm())
+    assert steps[0]["signal"] == embedded.serving_defaults(embedded.default_slm())[0]
     if steps[0]["decision"] == "deferred":
         assert steps[1]["model"] == "qwen2.5-coder-1.5b" and steps[1]["decision"] == "final"
         assert report["cost"] == pytest.approx(steps[0]["cost"] + steps[1]["cost"])

@@ -345,7 +345,10 @@ def test_serve_without_a_config_runs_the_embedded_defaults():
         stop(process)
     from corea import embedded
 
-    # the default SLM (corea.embedded.default_slm) in front of the embedded LLM
-    assert [t["model"] for t in tiers] == [embedded.default_slm(), "qwen2.5-coder-1.5b"]
-    assert tiers[0]["threshold"] == 0.8
+    # the default SLM (corea.embedded.default_slm) in front of the embedded LLM, served as its
+    # adapter declares
+    slm = embedded.default_slm()
+    assert [t["model"] for t in tiers] == [embedded.served_name(slm), "qwen2.5-coder-1.5b"]
+    signal, threshold = embedded.serving_defaults(slm)
+    assert (tiers[0]["signal"], tiers[0]["threshold"]) == (signal, threshold)
     assert "embedded defaults" in process.stdout.read()
