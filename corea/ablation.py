@@ -397,7 +397,9 @@ worked examples it needs: {untrained['prompt_tokens']:.0f} and
 
 A 135M model trained on generated arithmetic and GSM8K solutions: on GSM8K and SVAMP it is still
 mostly wrong (see the table). Greedy decoding states one of a few values; the probabilities behind
-that choice (`verbalized_mean`) rank its answers far better than the value it writes.
+that choice (`verbalized_mean`) rank its answers far better than the value it writes. Its Platt
+map was fitted on arithmetic: on other questions its confidence runs high (see the ECE on GSM8K and
+SVAMP), so choose the threshold on your own traces (`python -m corea tune`) before trusting it.
 """
 
 
