@@ -89,10 +89,10 @@ def _read(path: Path) -> list[dict] | None:
 def _read_by(path: Path, signal: str, mapped: bool = True) -> list[dict] | None:
     """A table with its confidence read by `signal` (a column of the table, or the stated one),
     through the model's Platt map where it declares one, unless not `mapped`."""
-    from corea.signals import COLUMN_SIGNALS, with_signal
+    from corea.signals import has_column, with_signal
 
     rows = _read(path)
-    if rows and signal in COLUMN_SIGNALS and not any(signal in row for row in rows):
+    if rows and not has_column(rows, signal):
         return None  # traced without that column: nothing to read it by
     return with_signal(rows, signal, mapped=mapped) if rows else rows
 

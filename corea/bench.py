@@ -27,7 +27,7 @@ from corea.costs import resolve_price
 from corea.metrics import TracePair, join_traces, summarize
 from corea.metrics import auroc as metrics_auroc
 from corea.models import GenerationConfig, get_model
-from corea.signals import COLUMN_SIGNALS, SIGNALS, TOKEN_SIGNALS, with_signal
+from corea.signals import SIGNALS, TOKEN_SIGNALS, has_column, with_signal
 from corea.tasks import get_task
 from corea.thresholds import choose_threshold, guaranteed_threshold, min_calibration_questions
 from corea.traces import read_trace, run_trace
@@ -106,7 +106,7 @@ def signal_pairs(entry: dict, checker: str) -> dict[str, TracePair]:
     # do not).
     pairs = {label: join_traces(with_signal(slm, signal), llm)
              for signal, label in SIGNAL_LABELS.items()
-             if signal not in COLUMN_SIGNALS or any(signal in row for row in slm)}
+             if has_column(slm, signal)}
     if entry["samples"]:
         pairs[f"self-consistency (k={len(entry['samples'])})"] = join_traces(
             with_signal(slm, "vote_share", samples=entry["samples"], checker=checker), llm)

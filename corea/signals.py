@@ -153,6 +153,12 @@ COLUMN_SIGNALS = {
 }
 
 
+def has_column(rows: list[dict], signal: str) -> bool:
+    """Whether a table can be read by `signal`: a column signal needs its column in some row
+    (tables traced before it existed lack it)."""
+    return signal not in COLUMN_SIGNALS or any(signal in row for row in rows)
+
+
 def with_signal(rows: list[dict], signal: str, *, samples: list[list[dict]] = (),
                 checker: str = "exact", mapped: bool = True) -> list[dict]:
     """`rows` with their confidence replaced by `signal`, so any sweep defers on it.
@@ -179,7 +185,7 @@ def _read_signal(rows: list[dict], signal: str, samples, checker: str) -> list[d
         raise ValueError(f"unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}")
     if signal == "verbalized":
         return rows
-    if signal in COLUMN_SIGNALS and rows and all(signal not in row for row in rows):
+    if rows and not has_column(rows, signal):
         raise ValueError(f"the trace has no {signal} column: {COLUMN_SIGNALS[signal]}")
     if signal == "vote_share":
         if not samples:
