@@ -13,8 +13,11 @@ question, in trace-table form (same `task` and `model` as the SLM's plain trace,
 
 A prompt identical to one in the plain traces (the SLM's when no strategy was retrieved, the
 LLM's answer call) is answered from that trace, since greedy decoding gives the same reply;
-everything else (the SLM with strategies, the LLM's strategy calls) runs the models. Resumable:
-rows already in --out are skipped and the store is kept beside it.
+everything else (the SLM with strategies, the LLM's strategy calls) runs the models. An SLM that
+defers on a token signal (a trained adapter served on `verbalized_mean`) always runs: its
+decision needs the reply's token probabilities, which a trace table keeps only as signal values.
+The SLM defers on its serving defaults (signal, threshold, Platt map, zero-shot prompt) unless
+told otherwise. Resumable: rows already in --out are skipped and the store is kept beside it.
 
     python -m corea bench-memory write --task arith-mix --limit 30    # same call vs second call
     python -m corea bench-memory latency --size 10000                 # retrieval ms per question
@@ -41,6 +44,7 @@ from corea.memory import (Embedder, MemoryConfig, StrategyMemory, export_jsonl, 
 from corea.metrics import evaluate_threshold, join_traces, summarize
 from corea.models import Generation, GenerationConfig, Model, get_model
 from corea.protocol import build_messages, parse_reply
+from corea.signals import with_signal
 from corea.tasks import Example, get_task
 from corea.traces import read_trace, trace_row
 
@@ -54,21 +58,32 @@ class ReplayModel(Model):
     (greedy decoding repeats them); any other prompt goes to the model itself, loaded on first
     need."""
 
-    def __init__(self, spec: str, name: str, known: dict[str, Generation]):
+    def __init__(self, spec: str, name: str, known: dict[str, Generation], *,
+                 model: Model | None = None, few_shot: bool = True):
         self.spec, self.name, self.known = spec, name, known
-        self._model: Model | None = None
+        self._model = model
         self.replayed = self.generated = 0
+        # What the cascade reads off a model: its prompt form, Platt map and token probabilities.
+        self.few_shot = model.few_shot if model is not None else few_shot
+        self.confidence_map = model.confidence_map if model is not None else None
+        self.logprobs = bool(getattr(model, "logprobs", False))
 
     @staticmethod
     def key(messages: list[dict]) -> str:
         return json.dumps(messages, sort_keys=True, ensure_ascii=False)
 
     @classmethod
-    def from_trace(cls, spec: str, rows: list[dict], hint: str | None) -> "ReplayModel":
-        known = {cls.key(build_messages(row["question"], hint=hint)):
+    def from_trace(cls, spec: str, rows: list[dict], hint: str | None,
+                   few_shot: bool = True) -> "ReplayModel":
+        known = {cls.key(build_messages(row["question"], hint=hint, few_shot=few_shot)):
                  Generation(row["output"], row["prompt_tokens"], row["completion_tokens"],
                             row["latency_s"]) for row in rows}
-        return cls(spec, rows[0]["model"] if rows else spec, known)
+        return cls(spec, rows[0]["model"] if rows else spec, known, few_shot=few_shot)
+
+    @classmethod
+    def live(cls, model: Model) -> "ReplayModel":
+        """Every prompt runs the model (what a token signal needs); the counts still apply."""
+        return cls(model.name, model.name, {}, model=model)
 
     def generate(self, conversations, config=GenerationConfig()):
         out = []
@@ -101,7 +116,8 @@ class StreamPlan:
     llm_traces: tuple[Path, ...] = ()  # read for replay; missing answers go to the last one
     split: str | None = None
     seed: int = 0
-    threshold: float = 0.8
+    threshold: float | None = None  # None: the SLM's serving default (embedded.serving_defaults)
+    signal: str | None = None  # what the SLM defers on; None: its serving default
     write: str = "second_call"
     admit_confidence: float = 0.9
     min_similarity: float = 0.5
@@ -117,10 +133,40 @@ def stream_order(examples: list[Example], seed: int) -> list[Example]:
     return order
 
 
+def _serving(plan: StreamPlan) -> tuple[str, float]:
+    """(signal, threshold) the SLM defers on: the plan's, else what the SLM is served with."""
+    from corea.embedded import serving_defaults
+
+    signal, threshold = serving_defaults(plan.slm)
+    return plan.signal or signal, plan.threshold if plan.threshold is not None else threshold
+
+
 def _stream_settings(plan: StreamPlan) -> dict:
-    return {"seed": plan.seed, "threshold": plan.threshold, "write": plan.write,
+    signal, threshold = _serving(plan)
+    return {"seed": plan.seed, "threshold": threshold, "write": plan.write,
             "admit_confidence": plan.admit_confidence, "min_similarity": plan.min_similarity,
-            "top_k": plan.top_k, "limit": plan.limit}
+            "top_k": plan.top_k, "limit": plan.limit,
+            # Streams on the stated confidence kept their settings from before signals existed.
+            **({"signal": signal} if signal != "verbalized" else {})}
+
+
+def _stream_slm(plan: StreamPlan, rows: list[dict], hint: str | None) -> ReplayModel:
+    """The SLM as the stream runs it: replayed from its plain trace where greedy decoding would
+    repeat a reply, live throughout when it defers on a token signal."""
+    from corea.signals import TOKEN_SIGNALS
+
+    signal, _ = _serving(plan)
+    if signal in TOKEN_SIGNALS:
+        slm = ReplayModel.live(get_model(plan.slm, logprobs=True))
+    else:
+        model = get_model(plan.slm)
+        slm = ReplayModel.from_trace(plan.slm, rows, hint, few_shot=model.few_shot)
+        slm.name = model.name
+    traced = {row["model"] for row in rows}
+    if traced - {slm.name}:
+        raise ValueError(f"{plan.slm_trace} holds replies of {', '.join(sorted(traced))}, not of "
+                         f"{slm.name}: the comparison without memory needs the same SLM's trace")
+    return slm
 
 
 def run_stream(plan: StreamPlan, progress: bool = True) -> list[dict]:
@@ -147,11 +193,11 @@ def run_stream(plan: StreamPlan, progress: bool = True) -> list[dict]:
     if plan.max_questions is not None:
         todo = todo[:plan.max_questions]
     hint = task.hint
+    signal, threshold = _serving(plan)
     slm_rows = _rows_of(plan.slm_trace)
     llm_rows = [row for path in plan.llm_traces for row in _rows_of(path)]
-    slm = ReplayModel.from_trace(plan.slm, slm_rows, hint)
+    slm = _stream_slm(plan, slm_rows, hint)
     llm = ReplayModel.from_trace(plan.llm, llm_rows, hint)
-    slm.name = slm_rows[0]["model"] if slm_rows else get_model(plan.slm).name
     llm.name = llm_rows[0]["model"] if llm_rows else get_model(plan.llm).name
     slm_price, llm_price = resolve_price(slm.name), resolve_price(llm.name)
     rows = list(done)
@@ -160,7 +206,7 @@ def run_stream(plan: StreamPlan, progress: bool = True) -> list[dict]:
             store=str(store), namespace=task.name, top_k=plan.top_k,
             min_similarity=plan.min_similarity, admit_confidence=plan.admit_confidence,
             write=plan.write))
-        cascade = Cascade([Tier(slm, plan.threshold, slm_price), Tier(llm, None, llm_price)],
+        cascade = Cascade([Tier(slm, threshold, slm_price, signal), Tier(llm, None, llm_price)],
                           GenerationConfig(), memory)
         baselines = [(slm, plan.slm_trace, {r["id"] for r in slm_rows}, slm_price),
                      (llm, plan.llm_traces[-1] if plan.llm_traces else None,
@@ -208,9 +254,10 @@ def _record_baseline(model: ReplayModel, path: Path | None, known: set, example:
 
     if path is None or example.id in known:
         return
-    generation = model.generate([build_messages(example.question, hint=task.hint)])[0]
+    generation = model.generate([build_messages(example.question, hint=task.hint,
+                                                few_shot=model.few_shot)])[0]
     row = trace_row(example, task, split, model.name, generation, price,
-                    setup_id(task, GenerationConfig()))
+                    setup_id(task, GenerationConfig(), model.few_shot))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -259,6 +306,9 @@ def stream_summary(stream_rows: list[dict], plain_rows: list[dict],
                    llm_rows: list[dict]) -> dict:
     """With vs without memory on the same questions in stream order: the SLM's accuracy by
     half, the cascade at the stream's threshold, and its best saving within 2 points."""
+    signal = _stream_signal(stream_rows)
+    if signal != "verbalized":  # both sides read as the stream deferred: signal, Platt map
+        stream_rows, plain_rows = with_signal(stream_rows, signal), with_signal(plain_rows, signal)
     rows = sorted(stream_rows, key=lambda r: r["position"])
     plain = {r["id"]: r for r in plain_rows}
     llm = {r["id"]: r for r in llm_rows}
@@ -281,7 +331,7 @@ def stream_summary(stream_rows: list[dict], plain_rows: list[dict],
     plain_summary = summarize(plain_pair)
     with_summary = summarize(with_pair)
     summary = {
-        "n": n, "threshold": threshold,
+        "n": n, "threshold": threshold, "signal": signal,
         "slm_accuracy": {"with_memory": slm_acc(rows, True), "without": slm_acc(rows, False),
                          "first_half_with": slm_acc(rows[:half], True),
                          "first_half_without": slm_acc(rows[:half], False),
@@ -306,6 +356,10 @@ def stream_summary(stream_rows: list[dict], plain_rows: list[dict],
             with_summary["best_within_2pt"], memory_cost, llm_cost),
     }
     return summary
+
+
+def _stream_signal(rows: list[dict]) -> str:
+    return (rows[0]["stream"].get("signal") if rows else None) or "verbalized"
 
 
 def _ratio(part: float, whole: float) -> float | None:
@@ -375,7 +429,8 @@ def report_section(task: str, summary: dict, command: str, plot: str) -> str:
     best_plain, best_mem = s["best_within_2pt_without_memory"], \
         s["best_within_2pt_with_memory_approx"]
     lines = [
-        f"### {task}: {s['n']} questions, threshold {s['threshold']}", "",
+        f"### {task}: {s['n']} questions, threshold {s['threshold']}"
+        + (f" on {s['signal']}" if s.get("signal", "verbalized") != "verbalized" else ""), "",
         f"`{command}`", "",
         "| | with memory | without memory |", "|---|---|---|",
         f"| SLM accuracy, all | {pct(a['with_memory'])} | {pct(a['without'])} |",

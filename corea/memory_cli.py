@@ -119,7 +119,7 @@ def cmd_bench_memory(args) -> int:
         plan = bench.StreamPlan(
             task=args.task, limit=args.limit, out=args.out, slm=args.slm, llm=args.llm,
             slm_trace=args.slm_trace, llm_traces=tuple(args.llm_trace or ()), seed=args.seed,
-            threshold=args.threshold, write=args.write, admit_confidence=args.admit_confidence,
+            threshold=args.threshold, signal=args.signal, write=args.write, admit_confidence=args.admit_confidence,
             min_similarity=args.min_similarity, top_k=args.top_k, store=args.store,
             max_questions=args.max_questions, export=args.export)
         bench.run_stream(plan, progress=not args.quiet)
@@ -137,6 +137,7 @@ def cmd_bench_memory(args) -> int:
 def add_commands(commands) -> None:
     """The `memory` and `bench-memory` subcommands, added to corea's command parser."""
     from corea.memory import DEFAULT_EMBEDDER
+    from corea.signals import RUNTIME_SIGNALS
 
     memory = commands.add_parser(
         "memory", help="browse, search, export, import or delete a strategy store",
@@ -177,7 +178,11 @@ def add_commands(commands) -> None:
     bench.add_argument("--llm-trace", type=Path, nargs="+",
                        help="the LLM's traces: read; answers they lack are added to the last")
     bench.add_argument("--seed", type=int, default=0, help="the stream's order (default: 0)")
-    bench.add_argument("--threshold", type=float, default=0.8)
+    bench.add_argument("--threshold", type=float,
+                       help="stream: the SLM's threshold (default: the SLM's serving default, "
+                            "0.8 unless its adapter declares one)")
+    bench.add_argument("--signal", choices=RUNTIME_SIGNALS,
+                       help="stream: what the SLM defers on (default: its serving default)")
     bench.add_argument("--write", default="second_call", choices=("second_call", "same_call"))
     bench.add_argument("--admit-confidence", type=float, default=0.9)
     bench.add_argument("--min-similarity", type=float, default=0.5)

@@ -589,6 +589,38 @@ def test_the_stream_records_rows_and_both_baselines_and_resumes(tmp_path, tiny_m
         run_stream(plan, progress=False)
 
 
+@needs_minilm
+def test_a_stream_on_a_token_signal_runs_the_slm_live_and_records_its_signal(tmp_path,
+                                                                             tiny_model_dir):
+    """An SLM deferring on verbalized_mean needs each reply's token probabilities, so nothing is
+    replayed from its trace; the stream's settings and both tables carry the signal."""
+    from corea.memory_bench import StreamPlan, run_stream, stream_summary
+
+    plain = tmp_path / "slm.jsonl"
+    plan = StreamPlan(task="arith-1", limit=2, out=tmp_path / "stream.jsonl",
+                      slm=str(tiny_model_dir), llm=str(tiny_model_dir), slm_trace=plain,
+                      llm_traces=(tmp_path / "llm.jsonl",), threshold=0.5,
+                      signal="verbalized_mean", store=tmp_path / "m.db")
+    rows = run_stream(plan, progress=False)
+    assert len(rows) == 2 and all(r["stream"]["signal"] == "verbalized_mean" for r in rows)
+    plain_rows = [json.loads(line) for line in open(plain)]
+    assert all("verbalized_mean" in r for r in rows + plain_rows)
+    llm_rows = [json.loads(line) for line in open(plan.llm_traces[0])]
+    assert stream_summary(rows, plain_rows, llm_rows)["signal"] == "verbalized_mean"
+    # A second stream over the same questions reads the plain trace but still runs the SLM.
+    again = StreamPlan(**{**plan.__dict__, "out": tmp_path / "again.jsonl",
+                          "store": tmp_path / "again.db"})
+    assert len(run_stream(again, progress=False)) == 2
+    assert len(open(plain).readlines()) == 2  # the plain replies were not added twice
+    # The comparison without memory must be the same SLM's: another model's trace is refused.
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text(json.dumps({**plain_rows[0], "model": "someone-else"}) + "\n")
+    with pytest.raises(ValueError, match="not of"):
+        run_stream(StreamPlan(**{**plan.__dict__, "out": tmp_path / "f.jsonl",
+                                 "store": tmp_path / "f.db", "slm_trace": foreign}),
+                   progress=False)
+
+
 def test_stream_summary_splits_the_stream_in_halves():
     from corea.memory_bench import stream_summary
 
