@@ -419,7 +419,8 @@ def stream_figure(curve: dict, title: str, llm_cost_cumulative: list[float] | No
     return figure
 
 
-def report_section(task: str, summary: dict, command: str, plot: str) -> str:
+def report_section(task: str, summary: dict, command: str, plot: str, link: str) -> str:
+    """The stream's tables in Markdown; `link` is the plot's address from where it is written."""
     s, a = summary, summary["slm_accuracy"]
     w, p = s["cascade_with_memory"], s["cascade_without_memory"]
 
@@ -448,13 +449,14 @@ def report_section(task: str, summary: dict, command: str, plot: str) -> str:
         f"LLM alone: {pct(s['llm_accuracy'])}. Questions whose SLM prompt had strategies: "
         f"{pct(s['with_prompt_strategies'])}; strategies stored {s['stored']}, merged "
         f"{s['merged']}; the strategy calls cost {pct(w['memory_cost_share'])} of the LLM alone. "
-        f"Plot: [{plot}]({plot.removeprefix('benchmarks/')}).", "",
+        f"Plot: [{plot}]({link}).", "",
     ]
     return "\n".join(lines)
 
 
 def report(task: str, stream: Path, plain: Path, llm: list[Path], command: str,
-           plot_dir: Path = Path("benchmarks/plots")) -> tuple[dict, str]:
+           plot_dir: Path = Path("benchmarks/plots"),
+           report_dir: Path = Path("benchmarks/memory")) -> tuple[dict, str]:
     """The stream's summary and report section, and its plot along the stream."""
     llm_by_id: dict[str, dict] = {}
     for path in llm:
@@ -470,10 +472,11 @@ def report(task: str, stream: Path, plain: Path, llm: list[Path], command: str,
     ordered = sorted(stream_rows, key=lambda r: r["position"])
     llm_cumulative = list(np.cumsum([llm_by_id[r["id"]]["cost"] for r in ordered]))
     plot_dir.mkdir(parents=True, exist_ok=True)
-    plot = plot_dir / f"memory-stream-{task}.html"
+    plot = plot_dir / f"{stream.stem}.html"  # one per stream: several SLMs stream one task
     stream_figure(curve, f"Strategy memory on the {task} stream", llm_cumulative).write_html(
         str(plot), include_plotlyjs="cdn")
-    return summary, report_section(task, summary, command, str(plot))
+    link = os.path.relpath(plot, report_dir)
+    return summary, report_section(task, summary, command, str(plot), link)
 
 
 # ------------------------------------------------------------------------- strategy writing
@@ -530,7 +533,8 @@ def compare_write(task_name: str, limit: int, eval_limit: int, out: Path, *, llm
                                 count_use=False)
             with_notes += bool(hits)
             reply = slm.generate([slm_messages(example.question, task.hint,
-                                               [h.strategy for h in hits])], config)[0]
+                                               [h.strategy for h in hits], slm.few_shot)],
+                                 config)[0]
             correct.append(is_correct(parse_reply(reply.text).answer, example.gold, task.checker))
         store.close()
         results[mode] = {
@@ -544,7 +548,8 @@ def compare_write(task_name: str, limit: int, eval_limit: int, out: Path, *, llm
             "examples": [r["strategy"] for r in rows if r["strategy"]][:3],
         }
     if plain_slm is None:
-        replies = slm.generate([build_messages(e.question, hint=task.hint) for e in tests], config)
+        replies = slm.generate([build_messages(e.question, hint=task.hint, few_shot=slm.few_shot)
+                                for e in tests], config)
         plain_slm = _mean(is_correct(parse_reply(r.text).answer, e.gold, task.checker)
                           for r, e in zip(replies, tests))
     summary = {"task": task_name, "train_questions": len(train), "test_questions": len(tests),

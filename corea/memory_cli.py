@@ -112,6 +112,7 @@ def cmd_bench_memory(args) -> int:
         return 0
     if args.action == "write":
         summary = bench.compare_write(args.task, args.limit, args.eval_limit, args.out,
+                                      llm_spec=args.llm, slm_spec=args.slm,
                                       admit_confidence=args.admit_confidence, seed=args.seed)
         print(json.dumps(summary, indent=2))
         return 0
@@ -125,7 +126,7 @@ def cmd_bench_memory(args) -> int:
         bench.run_stream(plan, progress=not args.quiet)
     if args.slm_trace and args.llm_trace and args.out.is_file():
         summary, section = bench.report(args.task, args.out, args.slm_trace, args.llm_trace,
-                                        command)
+                                        command, report_dir=args.report_dir)
         args.report_dir.mkdir(parents=True, exist_ok=True)
         (args.report_dir / f"stream-{args.task}.md").write_text(section)
         (args.report_dir / f"stream-{args.task}.json").write_text(

@@ -583,7 +583,7 @@ def test_the_stream_records_rows_and_both_baselines_and_resumes(tmp_path, tiny_m
                               tmp_path / "plots")
     assert summary["n"] == 3 and summary["cascade_with_memory"]["llm_share"] == 1.0
     assert "| SLM accuracy, second half |" in section
-    assert (tmp_path / "plots" / "memory-stream-arith-1.html").is_file()
+    assert (tmp_path / "plots" / "stream.html").is_file()
     plan.threshold = 0.5
     with pytest.raises(ValueError, match="other settings"):
         run_stream(plan, progress=False)
