@@ -29,6 +29,7 @@ import json
 import os
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -519,9 +520,9 @@ def compare_write(task_name: str, limit: int, eval_limit: int, out: Path, *, llm
     embedder = get_embedder()
     results = {}
     plain_slm = None
+    scratch = tempfile.TemporaryDirectory(prefix="corea-write-modes-")  # each way's store
     for mode, rows in modes.items():
-        store = open_store(str(out.with_suffix(f".{mode}.db")), embedder)
-        store.delete_namespace(task.name)
+        store = open_store(str(Path(scratch.name) / f"{mode}.db"), embedder)
         for row in rows:
             if row["admitted"]:
                 keys = embedder.encode([row["question"], row["strategy"]])
@@ -547,6 +548,7 @@ def compare_write(task_name: str, limit: int, eval_limit: int, out: Path, *, llm
             "slm_accuracy_with_store": _mean(correct), "slm_prompts_with_notes": with_notes,
             "examples": [r["strategy"] for r in rows if r["strategy"]][:3],
         }
+    scratch.cleanup()
     if plain_slm is None:
         replies = slm.generate([build_messages(e.question, hint=task.hint, few_shot=slm.few_shot)
                                 for e in tests], config)

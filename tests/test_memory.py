@@ -621,6 +621,23 @@ def test_a_stream_on_a_token_signal_runs_the_slm_live_and_records_its_signal(tmp
                    progress=False)
 
 
+@needs_minilm
+def test_write_modes_are_compared_on_the_same_questions_and_leave_no_store_behind(
+        tmp_path, tiny_model_dir):
+    from corea.memory_bench import compare_write
+
+    out = tmp_path / "write-modes.json"
+    summary = compare_write("arith-1", 2, 2, out, llm_spec=str(tiny_model_dir),
+                            slm_spec=str(tiny_model_dir))
+    assert set(summary["modes"]) == {"same_call", "second_call"}
+    same, second = summary["modes"]["same_call"], summary["modes"]["second_call"]
+    # The second call is a whole extra generation on top of the same answer call.
+    assert second["mean_tokens"] > same["mean_tokens"] > 0
+    assert summary["train_questions"] == 2 and summary["test_questions"] == 2
+    assert json.loads(out.read_text()) == summary
+    assert [p.name for p in tmp_path.iterdir()] == ["write-modes.json"]
+
+
 def test_stream_summary_splits_the_stream_in_halves():
     from corea.memory_bench import stream_summary
 
