@@ -144,6 +144,31 @@ def test_a_model_that_cannot_be_trained_fails_before_training(tmp_path):
     assert not (tmp_path / "run" / "train_log.jsonl").exists()
 
 
+def test_a_sample_only_self_label_run_keeps_its_replies_and_trains_nothing(tmp_path):
+    """Sampling from one model, training from another: the first run samples and stops."""
+    from tiny import build_tiny_model
+
+    from training.self_label import REPLIES_FILE
+
+    model = build_tiny_model(tmp_path / "model")
+    overrides = ["--model", str(model), "--tasks", "arith-1", "--train_size", "1",
+                 "--warmup_size", "0", "--self_label_size", "3", "--self_label_samples", "2",
+                 "--self_label_max_new_tokens", "4", "--self_label_sample_only", "true",
+                 "--device", "cpu", "--output_dir", str(tmp_path / "run")]
+    result = run_training("self-label", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / REPLIES_FILE).open()]
+    assert len(records) == 3 and all(len(r["replies"]) == 2 for r in records)
+    assert not (tmp_path / "run" / "adapter").exists()
+    assert not (tmp_path / "run" / "self-label-adapter").exists()
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["self_label_sampled"] == run["self_label_planned"] == 3
+    # Inside the GRPO pipeline it would leave GRPO nothing to start from: refused up front.
+    result = run_training("grpo", *overrides, "--output_dir", str(tmp_path / "grpo"))
+    assert result.returncode == 2 and "self_label_sample_only" in result.stderr
+    assert not (tmp_path / "grpo").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from tiny import build_tiny_model

@@ -60,7 +60,9 @@ def cmd_stage(args, extra: list[str]) -> int:
     else:
         from training.self_label import run_self_label_stage as run_stage
     run = run_stage(config)
-    print(f"adapter: {run['adapter']}\nrun record: {Path(config.output_dir) / 'run.json'}")
+    if "adapter" in run:  # a sample-only self-label run trains none and says so itself
+        print(f"adapter: {run['adapter']}")
+    print(f"run record: {Path(config.output_dir) / 'run.json'}")
     return 0
 
 

@@ -97,6 +97,10 @@ class TrainConfig:
     self_label_max_minutes: float = option(0.0, "stop sampling once the stage has sampled this "
                                                 "many minutes (over all its invocations) and train "
                                                 "on the problems sampled so far (0 = no limit)")
+    self_label_sample_only: bool = option(False, "sample and grade the replies, then stop: a "
+                                                 "later self-label run whose output_dir holds a "
+                                                 "copy of them trains (sampling from one model, "
+                                                 "training from another)")
     self_label_max_rows: int = option(0, "train on at most this many labelled replies, drawn "
                                          "evenly over the targets (0 = all); every problem "
                                          "is still sampled and graded")

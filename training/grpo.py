@@ -147,6 +147,9 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
     `callbacks`: extra transformers TrainerCallbacks for the GRPO trainer (the app's cancel)."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    if config.self_label_size and config.self_label_sample_only:
+        raise ValueError("self_label_sample_only stops after sampling: run it as "
+                         "`python -m training self-label`, not inside the GRPO pipeline")
     config.check_inputs()
     rows = training_rows(config)  # data problems surface before any model loads
     output_dir, checkpoint, run = begin_stage(config, train_questions=len(rows))

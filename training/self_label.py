@@ -233,10 +233,11 @@ def sample_replies(config: TrainConfig, checkpoint: str, adapter: Path | None,
 
 
 def run_self_label(config: TrainConfig, checkpoint: str, output_dir: Path,
-                   start_adapter: Path | None, use_cpu: bool, run: dict) -> Path:
+                   start_adapter: Path | None, use_cpu: bool, run: dict) -> Path | None:
     """Sample, label and train (once; a finished adapter is reused); returns the adapter's
-    directory. Training goes on from `start_adapter` (an earlier stage's) when given. Sampled
-    replies and training checkpoints are kept, so an interrupted stage resumes."""
+    directory, or None after sampling alone (`self_label_sample_only`). Training goes on from
+    `start_adapter` (an earlier stage's) when given. Sampled replies and training checkpoints are
+    kept, so an interrupted stage resumes."""
     target = output_dir / SELF_LABEL_DIR
     if (target / "adapter_config.json").is_file():
         return target
@@ -252,6 +253,9 @@ def run_self_label(config: TrainConfig, checkpoint: str, output_dir: Path,
     planned = len(problems)
     problems = [problem for problem in problems if problem["id"] in replies]
     run.update({"self_label_planned": planned, "self_label_sampled": len(problems)})
+    if config.self_label_sample_only:
+        save_run(output_dir, run)
+        return None
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -302,6 +306,10 @@ def run_self_label_stage(config: TrainConfig) -> dict:
     output_dir, checkpoint, run = begin_stage(config, stage="self-label")
     start = Path(config.start_adapter) if config.start_adapter else None
     trained = run_self_label(config, checkpoint, output_dir, start, not _on_cuda(config), run)
+    if trained is None:
+        print(f"sampled {run['self_label_sampled']} of {run['self_label_planned']} problems "
+              f"into {output_dir / REPLIES_FILE} (self_label_sample_only: nothing trained)")
+        return run
     adapter_dir = output_dir / "adapter"
     shutil.copytree(trained, adapter_dir, dirs_exist_ok=True)
     point_adapter_at_base(adapter_dir, embedded_name(config.model))
