@@ -120,19 +120,31 @@ def cmd_bench_memory(args) -> int:
         plan = bench.StreamPlan(
             task=args.task, limit=args.limit, out=args.out, slm=args.slm, llm=args.llm,
             slm_trace=args.slm_trace, llm_traces=tuple(args.llm_trace or ()), seed=args.seed,
-            threshold=args.threshold, signal=args.signal, write=args.write, admit_confidence=args.admit_confidence,
-            min_similarity=args.min_similarity, top_k=args.top_k, store=args.store,
+            threshold=args.threshold, signal=args.signal, write=args.write,
+            admit_confidence=args.admit_confidence, min_similarity=args.min_similarity,
+            top_k=args.top_k, store=args.store,
             max_questions=args.max_questions, export=args.export)
         bench.run_stream(plan, progress=not args.quiet)
     if args.slm_trace and args.llm_trace and args.out.is_file():
+        numbers = args.report_dir / f"stream-{args.task}.json"
+        if args.action == "report":  # a report of a stream cites the command that streamed it
+            command = _stream_command(numbers, args.out) or command
         summary, section = bench.report(args.task, args.out, args.slm_trace, args.llm_trace,
                                         command, report_dir=args.report_dir)
         args.report_dir.mkdir(parents=True, exist_ok=True)
         (args.report_dir / f"stream-{args.task}.md").write_text(section)
-        (args.report_dir / f"stream-{args.task}.json").write_text(
-            json.dumps(summary, indent=2) + "\n")
+        numbers.write_text(json.dumps({**summary, "command": command}, indent=2) + "\n")
         print(section)
     return 0
+
+
+def _stream_command(numbers: Path, out: Path) -> str | None:
+    """The `bench-memory stream` command recorded beside an earlier report of the stream `out`."""
+    try:
+        command = json.loads(numbers.read_text()).get("command", "")
+    except (OSError, ValueError):
+        return None
+    return command if " bench-memory stream " in command and str(out) in command else None
 
 
 def add_commands(commands) -> None:

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +33,6 @@ TOWER = "Is the Eiffel Tower taller than the Great Pyramid of Giza?"
 
 def minilm_installed() -> bool:
     import sys
-    from pathlib import Path
 
     return any((Path(p or ".") / "all_minilm_l6_v2" / "model.zip").is_file() for p in sys.path)
 
@@ -342,7 +342,6 @@ def test_trace_rows_carry_strategies_and_old_rows_stay_readable():
 
 
 def test_committed_traces_stay_readable():
-    from pathlib import Path
 
     from corea.traces import read_trace
 
@@ -638,6 +637,19 @@ def test_write_modes_are_compared_on_the_same_questions_and_leave_no_store_behin
     assert [p.name for p in tmp_path.iterdir()] == ["write-modes.json"]
 
 
+def test_a_report_cites_the_command_that_streamed_it(tmp_path):
+    from corea.memory_cli import _stream_command
+
+    numbers = tmp_path / "stream-t.json"
+    streamed = "python -m corea bench-memory stream --task t --out runs/s.jsonl"
+    numbers.write_text(json.dumps({"n": 3, "command": streamed}))
+    assert _stream_command(numbers, Path("runs/s.jsonl")) == streamed
+    assert _stream_command(numbers, Path("runs/other.jsonl")) is None  # another stream's numbers
+    numbers.write_text("{not json")
+    assert _stream_command(numbers, Path("runs/s.jsonl")) is None
+    assert _stream_command(tmp_path / "missing.json", Path("runs/s.jsonl")) is None
+
+
 def test_stream_summary_splits_the_stream_in_halves():
     from corea.memory_bench import stream_summary
 
@@ -670,7 +682,6 @@ def test_stream_summary_splits_the_stream_in_halves():
 def test_the_embedded_pair_learns_a_strategy_and_reuses_it(tmp_path):
     """Three arith-1 questions through the embedded SmolLM2 -> Qwen cascade with memory: the
     LLM's strategy for a deferred question is stored and given to the SLM on a later one."""
-    from pathlib import Path
 
     from conftest import embedded_installed
     from corea.memory_bench import StreamPlan, run_stream
