@@ -5,7 +5,9 @@ questions (spread evenly over the SLM's plain trace), the nearest *other* questi
 answered correctly (MiniLM embeddings, as the memory retrieves) is given to the SLM with the
 LLM's worked reply, in one of two forms:
 
-- `notes`: as the memory's quoted notes block (the worked reply in the strategy's place);
+- `notes`: as the memory's quoted notes block (the worked reply in the strategy's place), after
+  the question, where the cascade puts it;
+- `notes_first`: the same block before the question;
 - `turns`: as a demonstration, a user turn with that question and an assistant turn with the
   LLM's reply, just before the question (the form few-shot prompting uses).
 
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from corea.checking import is_correct  # noqa: E402
-from corea.memory import Strategy, get_embedder, slm_messages  # noqa: E402
+from corea.memory import Strategy, get_embedder, notes_block, slm_messages  # noqa: E402
 from corea.models import get_model  # noqa: E402
 from corea.protocol import build_messages, parse_reply  # noqa: E402
 from corea.tasks import get_task  # noqa: E402
@@ -45,10 +47,15 @@ _CONFIDENCE_LINE = re.compile(r"(?im)^\s*confidence\s*:.*$")
 def with_context(form: str, question: str, hint: str | None, solved: dict,
                  few_shot: bool) -> list[dict]:
     """The SLM's messages for `question`, with the LLM's solved neighbour in `form`."""
-    if form == "notes":
+    if form in ("notes", "notes_first"):
         worked = _CONFIDENCE_LINE.sub("", solved["output"]).strip()
         note = Strategy(0, "probe", solved["question"], worked, None, solved["model"], 0, 0)
-        return slm_messages(question, hint, [note], few_shot)
+        if form == "notes":
+            return slm_messages(question, hint, [note], few_shot)
+        messages = build_messages(question, hint=hint, few_shot=few_shot)
+        messages[-1] = {"role": "user",
+                        "content": f"{notes_block([note])}\n\n{messages[-1]['content']}"}
+        return messages
     messages = build_messages(question, hint=hint, few_shot=few_shot)
     demo_question = f"{solved['question']}\n{hint}" if hint else solved["question"]
     demo = [{"role": "user", "content": demo_question},
@@ -96,8 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--slm-trace", type=Path, required=True, help="its plain trace")
     parser.add_argument("--llm-trace", type=Path, required=True,
                         help="the LLM's trace of the same task (its right answers are the context)")
-    parser.add_argument("--form", action="append", choices=("notes", "turns"),
-                        help="how the context is given (repeatable; default: both)")
+    parser.add_argument("--form", action="append", choices=("notes", "notes_first", "turns"),
+                        help="how the context is given (repeatable; default: notes and turns)")
     parser.add_argument("--limit", type=int, default=40, help="questions (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=OUT,
                         help="JSON the result is added to, keyed by SLM and task "
@@ -109,7 +116,13 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:])
     result["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     table = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    table[f"{result['slm']} / {result['task']}"] = result
+    key = f"{result['slm']} / {result['task']}"
+    earlier = table.get(key)
+    if earlier and earlier["questions"] == result["questions"]:  # same questions: add the forms
+        result["forms"] = {**earlier["forms"], **result["forms"]}
+        result["command"] = "; ".join(dict.fromkeys(
+            earlier["command"].split("; ") + [result["command"]]))
+    table[key] = result
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=2) + "\n")
     print(json.dumps(result, indent=2))
