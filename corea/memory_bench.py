@@ -142,8 +142,7 @@ def _serving(plan: StreamPlan) -> tuple[str, float]:
     return plan.signal or signal, plan.threshold if plan.threshold is not None else threshold
 
 
-def _stream_settings(plan: StreamPlan) -> dict:
-    signal, threshold = _serving(plan)
+def _stream_settings(plan: StreamPlan, signal: str, threshold: float) -> dict:
     return {"seed": plan.seed, "threshold": threshold, "write": plan.write,
             "admit_confidence": plan.admit_confidence, "min_similarity": plan.min_similarity,
             "top_k": plan.top_k, "limit": plan.limit,
@@ -151,12 +150,12 @@ def _stream_settings(plan: StreamPlan) -> dict:
             **({"signal": signal} if signal != "verbalized" else {})}
 
 
-def _stream_slm(plan: StreamPlan, rows: list[dict], hint: str | None) -> ReplayModel:
+def _stream_slm(plan: StreamPlan, signal: str, rows: list[dict], hint: str | None
+                ) -> ReplayModel:
     """The SLM as the stream runs it: replayed from its plain trace where greedy decoding would
     repeat a reply, live throughout when it defers on a token signal."""
     from corea.signals import TOKEN_SIGNALS
 
-    signal, _ = _serving(plan)
     if signal in TOKEN_SIGNALS:
         slm = ReplayModel.live(get_model(plan.slm, logprobs=True))
     else:
@@ -179,7 +178,8 @@ def run_stream(plan: StreamPlan, progress: bool = True) -> list[dict]:
     order = stream_order(task.examples(split, plan.limit), plan.seed)
     store = plan.store or Path("runs/memory") / f"{plan.out.stem}.db"
     store.parent.mkdir(parents=True, exist_ok=True)
-    settings = _stream_settings(plan)
+    signal, threshold = _serving(plan)
+    settings = _stream_settings(plan, signal, threshold)
     done = read_trace(plan.out) if plan.out.is_file() and plan.out.stat().st_size else []
     if done and done[0].get("stream") != settings:
         raise ValueError(f"{plan.out} was streamed with other settings ({done[0].get('stream')});"
@@ -194,10 +194,9 @@ def run_stream(plan: StreamPlan, progress: bool = True) -> list[dict]:
     if plan.max_questions is not None:
         todo = todo[:plan.max_questions]
     hint = task.hint
-    signal, threshold = _serving(plan)
     slm_rows = _rows_of(plan.slm_trace)
     llm_rows = [row for path in plan.llm_traces for row in _rows_of(path)]
-    slm = _stream_slm(plan, slm_rows, hint)
+    slm = _stream_slm(plan, signal, slm_rows, hint)
     llm = ReplayModel.from_trace(plan.llm, llm_rows, hint)
     llm.name = llm_rows[0]["model"] if llm_rows else get_model(plan.llm).name
     slm_price, llm_price = resolve_price(slm.name), resolve_price(llm.name)
@@ -519,41 +518,39 @@ def compare_write(task_name: str, limit: int, eval_limit: int, out: Path, *, llm
                 "question": example.question})
     embedder = get_embedder()
     results = {}
-    plain_slm = None
-    scratch = tempfile.TemporaryDirectory(prefix="corea-write-modes-")  # each way's store
-    for mode, rows in modes.items():
-        store = open_store(str(Path(scratch.name) / f"{mode}.db"), embedder)
-        for row in rows:
-            if row["admitted"]:
-                keys = embedder.encode([row["question"], row["strategy"]])
-                store.add(task.name, row["question"], row["strategy"], key_embedding=keys[0],
-                          text_embedding=keys[1], confidence=row["confidence"])
-        correct, with_notes = [], 0
-        for example in tests:
-            hits = store.search(task.name, embedder.encode([example.question])[0], 2, 0.5,
-                                count_use=False)
-            with_notes += bool(hits)
-            reply = slm.generate([slm_messages(example.question, task.hint,
-                                               [h.strategy for h in hits], slm.few_shot)],
-                                 config)[0]
-            correct.append(is_correct(parse_reply(reply.text).answer, example.gold, task.checker))
-        store.close()
-        results[mode] = {
-            "llm_accuracy": _mean(r["correct"] for r in rows),
-            "strategy_written": _mean(bool(r["strategy"]) for r in rows),
-            "admitted": _mean(r["admitted"] for r in rows),
-            "mean_cost": _mean(r["cost"] for r in rows),
-            "mean_tokens": _mean(r["tokens"] for r in rows),
-            "mean_latency_s": _mean(r["latency_s"] for r in rows),
-            "slm_accuracy_with_store": _mean(correct), "slm_prompts_with_notes": with_notes,
-            "examples": [r["strategy"] for r in rows if r["strategy"]][:3],
-        }
-    scratch.cleanup()
-    if plain_slm is None:
-        replies = slm.generate([build_messages(e.question, hint=task.hint, few_shot=slm.few_shot)
-                                for e in tests], config)
-        plain_slm = _mean(is_correct(parse_reply(r.text).answer, e.gold, task.checker)
-                          for r, e in zip(replies, tests))
+    with tempfile.TemporaryDirectory(prefix="corea-write-modes-") as scratch:  # each way's store
+        for mode, rows in modes.items():
+            store = open_store(str(Path(scratch) / f"{mode}.db"), embedder)
+            for row in rows:
+                if row["admitted"]:
+                    keys = embedder.encode([row["question"], row["strategy"]])
+                    store.add(task.name, row["question"], row["strategy"], key_embedding=keys[0],
+                              text_embedding=keys[1], confidence=row["confidence"])
+            correct, with_notes = [], 0
+            for example in tests:
+                hits = store.search(task.name, embedder.encode([example.question])[0], 2, 0.5,
+                                    count_use=False)
+                with_notes += bool(hits)
+                reply = slm.generate([slm_messages(example.question, task.hint,
+                                                   [h.strategy for h in hits], slm.few_shot)],
+                                     config)[0]
+                correct.append(is_correct(parse_reply(reply.text).answer, example.gold,
+                                          task.checker))
+            store.close()
+            results[mode] = {
+                "llm_accuracy": _mean(r["correct"] for r in rows),
+                "strategy_written": _mean(bool(r["strategy"]) for r in rows),
+                "admitted": _mean(r["admitted"] for r in rows),
+                "mean_cost": _mean(r["cost"] for r in rows),
+                "mean_tokens": _mean(r["tokens"] for r in rows),
+                "mean_latency_s": _mean(r["latency_s"] for r in rows),
+                "slm_accuracy_with_store": _mean(correct), "slm_prompts_with_notes": with_notes,
+                "examples": [r["strategy"] for r in rows if r["strategy"]][:3],
+            }
+    replies = slm.generate([build_messages(e.question, hint=task.hint, few_shot=slm.few_shot)
+                            for e in tests], config)
+    plain_slm = _mean(is_correct(parse_reply(r.text).answer, e.gold, task.checker)
+                      for r, e in zip(replies, tests))
     summary = {"task": task_name, "train_questions": len(train), "test_questions": len(tests),
                "slm_accuracy_without_memory": plain_slm, "modes": results,
                "llm": llm.name, "slm": slm.name}
