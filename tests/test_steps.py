@@ -375,3 +375,19 @@ def test_training_router_command_fits_loadable_routers(tmp_path):
         rows[1]["steps"][1]["features"])
     assert 0.0 <= gmm.score(rows[0]["steps"][0]["features"]) <= 1.0
     assert main(["router"]) == 2  # neither --task nor --traces: a clear error, no traceback
+
+
+def test_step_report_separates_methods_by_their_gain_over_the_llm():
+    # Where the SLM alone beats the LLM alone, every method's cheapest point within a loss is
+    # the SLM alone; only the points above the LLM tell step and question routing apart.
+    from benchmarks.step_report import LOSSES, cheapest_of, cheapest_within
+
+    llm_accuracy = 0.50
+    step = [{"accuracy": 0.55, "cost": 1.0}, {"accuracy": 0.70, "cost": 8.0}]
+    question = [{"accuracy": 0.55, "cost": 1.0}, {"accuracy": 0.58, "cost": 4.0}]
+    chosen = {f"{kind} level": [cheapest_within(points, llm_accuracy, loss) for loss in LOSSES]
+              for kind, points in (("step", step), ("question", question))}
+    assert cheapest_of(chosen, "step", 0.02) == cheapest_of(chosen, "question", 0.02) == step[0]
+    assert cheapest_of(chosen, "step", -0.10)["cost"] == 8.0
+    assert cheapest_of(chosen, "question", -0.10) is None
+    assert cheapest_of(chosen, "question", -0.05) == question[0]
