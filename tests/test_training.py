@@ -169,22 +169,26 @@ def test_a_sample_only_self_label_run_keeps_its_replies_and_trains_nothing(tmp_p
     assert not (tmp_path / "grpo").exists()
 
 
+def write_sampled_replies(overrides: list[str], run_dir) -> None:
+    """The tiny model's random replies never state an answer, so the self-labelled stage gets
+    sampled replies as an interrupted stage leaves them (one right and one wrong per problem)."""
+    from training.self_label import REPLIES_FILE, self_label_problems
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / REPLIES_FILE, "w") as handle:
+        for problem in self_label_problems(load_config(None, overrides)):
+            handle.write(json.dumps({"id": problem["id"], "replies": [
+                f"Answer: {problem['gold']}\nConfidence: 0.9", "Answer: -1\nConfidence: 0.9"]}) + "\n")
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from tiny import build_tiny_model
 
-    from training.self_label import REPLIES_FILE, self_label_problems
-
     folder = tmp_path_factory.mktemp("grpo")
     model = build_tiny_model(folder / "model")
-    # The tiny model's random replies never state an answer, so the self-labelled stage gets
-    # sampled replies as an interrupted stage leaves them (one right and one wrong per problem).
     overrides = tiny_overrides(model, folder / "run")
-    (folder / "run").mkdir()
-    with open(folder / "run" / REPLIES_FILE, "w") as handle:
-        for problem in self_label_problems(load_config(None, overrides)):
-            handle.write(json.dumps({"id": problem["id"], "replies": [
-                f"Answer: {problem['gold']}\nConfidence: 0.9", "Answer: -1\nConfidence: 0.9"]}) + "\n")
+    write_sampled_replies(overrides, folder / "run")
     result = run_training("grpo", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
