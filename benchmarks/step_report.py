@@ -5,6 +5,9 @@ runs). `python benchmarks/step_routing.py report --task arith-mix` calls it."""
 from __future__ import annotations
 
 import json
+import os
+import platform
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,17 +155,28 @@ def target_lines(step, question, llm_cost: float, questions: int) -> str:
 
 
 def cheapest_of(chosen: dict, kind: str, loss: float) -> dict | None:
-    """The cheapest point at `loss` among the methods whose name starts with `kind`."""
+    """The cheapest point at `loss` among the methods whose name starts with `kind`, with the
+    method's name."""
     column = LOSSES.index(loss)
-    return min((cells[column] for name, cells in chosen.items()
+    return min(({**cells[column], "method": name} for name, cells in chosen.items()
                 if name.startswith(kind) and cells[column]),
                key=lambda p: p["cost"], default=None)
+
+
+def summary_point(point: dict | None, llm_cost: float) -> dict | None:
+    """A chosen point as the results file keeps it: no per-question rows."""
+    if point is None:
+        return None
+    kind, method = point["method"].split(", ", 1)
+    router = next((key for key, label in ROUTER_NAMES.items() if label == method), method)
+    return {"method": f"{kind}: {router}", "threshold": point["threshold"],
+            "accuracy": point["accuracy"], "saving": 1 - point["cost"] / llm_cost}
 
 
 def write_report(tasks: list[str], points: int) -> None:
     from benchmarks.step_routing import evaluate
 
-    sections, summary = [], []
+    sections, summary, measured = [], [], []
     for task in tasks:
         result = evaluate(task, points)
         if result is None:
@@ -177,6 +191,12 @@ def write_report(tasks: list[str], points: int) -> None:
             f"- {task} ({result['questions']} questions): within 2 points of the LLM alone, "
             f"step routing saves {_saving(best_step, result['llm_cost'])}; question-level "
             f"routing saves {_saving(best_question, result['llm_cost'])}.")
+        measured.append({
+            "task": task, "questions": result["questions"],
+            "slm_accuracy": result["slm_accuracy"], "llm_accuracy": result["llm_accuracy"],
+            "best": {_loss_header(loss): {
+                kind: summary_point(cheapest_of(chosen, kind, loss), result["llm_cost"])
+                for kind in ("step", "question")} for loss in LOSSES}})
         if task == "arith-mix":
             summary.append(target_lines(best_step, best_question, result["llm_cost"],
                                         result["questions"]))
@@ -198,3 +218,23 @@ def write_report(tasks: list[str], points: int) -> None:
         *summary, "", *sections, *COMPLETE])
     REPORT.write_text(text.rstrip() + "\n")
     print(f"wrote {REPORT}")
+    write_results(measured, points)
+
+
+def write_results(measured: list[dict], points: int) -> None:
+    """benchmarks/results/step_routing.json, and the step-routing section of
+    benchmarks/REPORT.md rewritten from it (the bench writes the same section from it)."""
+    from corea.ablation import splice_section
+    from corea.bench import RESULTS_DIR, STEP_SECTION, step_routing_lines
+
+    tasks = " ".join(f"--task {entry['task']}" for entry in measured)
+    result = {"command": f"python benchmarks/step_routing.py report {tasks} --points {points}",
+              "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
+              f"{os.cpu_count()} CPU cores", "tasks": measured}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "step_routing.json").write_text(json.dumps(result, indent=1) + "\n")
+    report = ROOT / "benchmarks" / "REPORT.md"
+    if report.is_file():
+        report.write_text(splice_section(report.read_text(), STEP_SECTION, None,
+                                         step_routing_lines()))
+        print(f"rewrote the step-routing section of {report}")

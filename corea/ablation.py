@@ -425,6 +425,21 @@ SECTION_START = "## Training ablation"
 SECTION_END = "## Per data set"
 
 
+def splice_section(text: str, start: str, end: str | None, section: list[str]) -> str:
+    """`text` with the part from the heading `start` up to the heading `end` (or to the end, when
+    None or not found) replaced by `section`; placed before `end`, or at the end, when `start`
+    is not there yet."""
+    if start in text:
+        head, rest = text.split(start, 1)
+        tail = rest[rest.index(end):] if end and end in rest else ""
+    elif end and end in text:
+        head, tail = text.split(end, 1)
+        tail = end + tail
+    else:
+        head, tail = (text.rstrip("\n") + "\n\n" if text.strip() else ""), ""
+    return head + "\n".join(section) + "\n" + tail
+
+
 def refresh_training_section(report: Path, traces: Path, runs: Path) -> list[str]:
     """Rewrite only the training ablation section of an existing report, from the trace tables
     and run records: seconds, no model runs."""
@@ -432,15 +447,7 @@ def refresh_training_section(report: Path, traces: Path, runs: Path) -> list[str
     if not section:
         raise ValueError(f"no stage has an arith-mix table in {traces}: trace the stages first")
     text = report.read_text() if report.is_file() else ""
-    if SECTION_START in text:
-        head, rest = text.split(SECTION_START, 1)
-        tail = rest[rest.index(SECTION_END):] if SECTION_END in rest else ""
-    elif SECTION_END in text:
-        head, tail = text.split(SECTION_END, 1)
-        tail = SECTION_END + tail
-    else:
-        head, tail = text, ""
-    report.write_text(head + "\n".join(section) + "\n" + tail)
+    report.write_text(splice_section(text, SECTION_START, SECTION_END, section))
     from corea import embedded
 
     shipped = embedded.shipped_adapters().get(embedded.TRAINED_SLM or "")

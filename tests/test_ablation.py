@@ -116,3 +116,16 @@ def test_a_grpo_stage_counts_the_questions_it_sampled_and_all_its_runs_time():
     assert _cost_cell(record) == "142 questions · 71 steps · 61 min"
     assert _cost_cell({"examples": 320, "steps": 40, "train_seconds": 660}) \
         == "320 ex. · 40 steps · 11 min"
+
+
+def test_splice_section_replaces_only_its_own_part():
+    from corea.ablation import splice_section
+
+    text = "# R\n\n## A\nold a\n## B\nb\n"
+    assert splice_section(text, "## A", "## B", ["## A", "new a"]) == "# R\n\n## A\nnew a\n## B\nb\n"
+    # No end heading: to the end of the report; not there yet: appended after a blank line.
+    assert splice_section(text, "## B", None, ["## B", "c"]) == "# R\n\n## A\nold a\n## B\nc\n"
+    assert splice_section(text, "## C", None, ["## C", "x"]) == text + "\n## C\nx\n"
+    # Not there yet but its end is: placed just before it.
+    assert splice_section(text, "## Z", "## B", ["## Z"]) == "# R\n\n## A\nold a\n## Z\n## B\nb\n"
+    assert splice_section("", "## C", None, ["## C"]) == "## C\n"

@@ -210,3 +210,38 @@ def test_serving_lines_read_the_speed_scripts_results(tmp_path):
     assert "**1.05x** plain" in cost and "3.60x" in cost and "load average 3.2" in cost
     assert "2 of 2 questions" in cost and "--limit 2" in cost
     assert "median 0.40 s (max 0.60 s)" in latency and "1 deferred" in latency
+
+
+def test_step_routing_section_reads_the_step_report_results(tmp_path):
+    from benchmarks.step_report import LOSSES, ROUTER_NAMES, _loss_header, cheapest_of, \
+        cheapest_within, summary_point
+
+    from corea.bench import STEP_SECTION, step_routing_lines
+
+    assert step_routing_lines(tmp_path) == []
+    llm_accuracy, llm_cost = 0.5, 10.0
+    methods = {f"step level, {ROUTER_NAMES['learned']}": [{"threshold": 0.3, "accuracy": 0.7,
+                                                         "cost": 8.0}],
+               "question level, verbalized": [{"threshold": 0.0, "accuracy": 0.52, "cost": 1.0}]}
+    chosen = {name: [cheapest_within(points, llm_accuracy, loss) for loss in LOSSES]
+              for name, points in methods.items()}
+    (tmp_path / "step_routing.json").write_text(json.dumps({
+        "command": "python benchmarks/step_routing.py report --task arith-mix", "date": "2025-01-01",
+        "machine": "x86_64, 2 CPU cores", "tasks": [{
+            "task": "arith-mix", "questions": 200, "slm_accuracy": 0.52, "llm_accuracy": 0.5,
+            "best": {_loss_header(loss): {kind: summary_point(cheapest_of(chosen, kind, loss),
+                                                              llm_cost)
+                                          for kind in ("step", "question")}
+                     for loss in LOSSES}}]}))
+    lines = step_routing_lines(tmp_path)
+    assert lines[0] == STEP_SECTION and "--task arith-mix" in lines[2]
+    step_row = next(line for line in lines if "| step level |" in line)
+    question_row = next(line for line in lines if "| question level |" in line)
+    header = next(line for line in lines if line.startswith("| set |"))
+    columns = [cell.strip() for cell in header.split("|")[5:-1]]
+    assert columns[0] == "gain ≥ 10 pts" and "loss ≤ 2 pts" in columns
+    step_cells = [cell.strip() for cell in step_row.split("|")[5:-1]]
+    question_cells = [cell.strip() for cell in question_row.split("|")[5:-1]]
+    assert step_cells[0] == "20.0% (learned, acc 70.0%)" and question_cells[0] == "none"
+    at_two = columns.index("loss ≤ 2 pts")
+    assert question_cells[at_two] == "90.0% (verbalized, acc 52.0%)"
