@@ -46,6 +46,8 @@ STAGES = (
           "mix-self-label-pooled"),
     Stage("+ self-label (pooled targets, loss on the value too; after whole reply)",
           "smollm2-selflabel-pooled-value", "mix-self-label-pooled-value"),
+    Stage("+ self-label at 2,080 problems (pooled targets, loss on the value too; after whole "
+          "reply)", "smollm2-selflabel-2k", "mix-self-label-2k"),
     Stage("+ self-label (level share, loss on the value only; after whole reply)",
           "smollm2-selflabel-level", "mix-self-label-level"),
     Stage("+ self-label (level share, loss on the value too; after whole reply)",
@@ -264,7 +266,7 @@ def speed_paragraph(path: Path) -> list[str]:
 # Stages whose arith-mix tables carry token log-probabilities (and the probe's column, if scored).
 SIGNAL_TABLES = ("smollm2-sft", "smollm2-sftconf", "smollm2-selflabel", "smollm2-selflabel-full",
                  "smollm2-selflabel-ood", "smollm2-selflabel-spread", "smollm2-selflabel-pooled",
-                 "smollm2-selflabel-pooled-value", "smollm2-selflabel-level",
+                 "smollm2-selflabel-pooled-value", "smollm2-selflabel-2k", "smollm2-selflabel-level",
                  "smollm2-selflabel-level-value", "smollm2-grpo-brier", "smollm2-grpo-group",
                  "smollm2-calibrated")
 
