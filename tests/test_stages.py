@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -306,3 +307,25 @@ def test_sigterm_ends_a_stage_like_ctrl_c_so_its_record_is_kept(tmp_path):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert "sample_seconds" in load_run(tmp_path)
+
+
+def test_a_stage_killed_outright_keeps_its_wall_time_so_far(tmp_path):
+    """SIGKILL runs no `finally`: the heartbeat has saved the time already spent."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from training.records import load_run
+
+    script = ("import sys, time\nfrom training.records import timed\nrun = {'sample_seconds': 5.0}\n"
+              f"with timed(run, 'sample_seconds', {str(tmp_path)!r}, heartbeat_s=0.1):\n"
+              "    print('started', flush=True)\n    time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    assert child.stdout.readline().strip() == "started"
+    time.sleep(1.0)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    seconds = load_run(tmp_path)["sample_seconds"]
+    assert 5.0 + 0.5 <= seconds <= 5.0 + 30  # the time before, and most of the second since

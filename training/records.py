@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 RUN_FILE = "run.json"
+HEARTBEAT_S = 60.0  # how often a running stage saves its wall time so far
+_SAVING = threading.Lock()
 
 
 def load_run(output_dir: Path) -> dict:
@@ -22,7 +25,14 @@ def load_run(output_dir: Path) -> dict:
 
 
 def save_run(output_dir: Path, run: dict) -> None:
-    (Path(output_dir) / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    """Written whole or not at all (a temporary file renamed over the record), one writer at a
+    time: a stage's wall-time heartbeat saves from a thread of its own."""
+    path = Path(output_dir) / RUN_FILE
+    with _SAVING:
+        text = json.dumps(run, indent=2) + "\n"
+        partial = path.with_name(RUN_FILE + ".partial")
+        partial.write_text(text)
+        partial.replace(path)
 
 
 def machine() -> str:
@@ -33,15 +43,32 @@ def machine() -> str:
 
 
 @contextmanager
-def timed(run: dict, key: str, output_dir: Path):
+def timed(run: dict, key: str, output_dir: Path, heartbeat_s: float = HEARTBEAT_S):
     """Adds the block's wall time to run[key] (seconds, summed over resumed invocations) and saves
-    the record, also when the block is interrupted."""
-    start = time.perf_counter()
+    the record, also when the block is interrupted, and every `heartbeat_s` while it runs: a
+    process killed outright (SIGKILL, a machine that goes away) keeps all but the last beat."""
+    before, start = run.get(key, 0.0), time.perf_counter()
+    done = threading.Event()
+
+    def record() -> None:
+        run[key] = round(before + time.perf_counter() - start, 1)
+        save_run(output_dir, run)
+
+    def beat() -> None:
+        while not done.wait(heartbeat_s):
+            try:
+                record()
+            except RuntimeError:  # the stage changed the record mid-copy: the next beat saves
+                continue
+
+    heart = threading.Thread(target=beat, name=f"{key} heartbeat", daemon=True)
+    heart.start()
     try:
         yield
     finally:
-        run[key] = round(run.get(key, 0.0) + time.perf_counter() - start, 1)
-        save_run(output_dir, run)
+        done.set()
+        heart.join()
+        record()
 
 
 def begin_stage(config, **fields) -> tuple[Path, str, dict]:
