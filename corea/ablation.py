@@ -46,8 +46,8 @@ STAGES = (
           "mix-self-label-pooled"),
     Stage("+ self-label (pooled targets, loss on the value too; after whole reply)",
           "smollm2-selflabel-pooled-value", "mix-self-label-pooled-value"),
-    Stage("+ self-label at 2,080 problems (pooled targets, loss on the value too; after whole "
-          "reply)", "smollm2-selflabel-2k", "mix-self-label-2k"),
+    Stage("+ self-label at 2,096 problems (pooled targets, loss on the value too; after whole "
+          "reply; trained on an H100)", "smollm2-selflabel-2k", "mix-self-label-2k"),
     Stage("+ self-label (level share, loss on the value only; after whole reply)",
           "smollm2-selflabel-level", "mix-self-label-level"),
     Stage("+ self-label (level share, loss on the value too; after whole reply)",
