@@ -546,8 +546,8 @@ def step_routing_lines(results: Path = RESULTS_DIR) -> list[str]:
              "SLM writes one step at a time and a router hands the rest to the LLM, which reads "
              "the prompt and the steps so far again (billed). Cell: the cheapest point of each "
              "kind of routing at that accuracy against the LLM alone, its saving of the LLM "
-             "alone's cost (the router or signal, accuracy); none: no threshold gets there. Routers: "
-             "`threshold` (STEER's rule on the step's token probabilities), `gmm` (a two-"
+             "alone's cost (the router or signal, accuracy); none: no threshold gets there. "
+             "Routers: `threshold` (STEER's rule on the step's token probabilities), `gmm` (a two-"
              "component Gaussian mixture), `learned` (a logistic policy fitted on training "
              "steps).", "",
              "| set | questions | SLM alone · LLM alone | routing | "

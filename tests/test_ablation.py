@@ -122,7 +122,8 @@ def test_splice_section_replaces_only_its_own_part():
     from corea.ablation import splice_section
 
     text = "# R\n\n## A\nold a\n## B\nb\n"
-    assert splice_section(text, "## A", "## B", ["## A", "new a"]) == "# R\n\n## A\nnew a\n## B\nb\n"
+    replaced = splice_section(text, "## A", "## B", ["## A", "new a"])
+    assert replaced == "# R\n\n## A\nnew a\n## B\nb\n"
     # No end heading: to the end of the report; not there yet: appended after a blank line.
     assert splice_section(text, "## B", None, ["## B", "c"]) == "# R\n\n## A\nold a\n## B\nc\n"
     assert splice_section(text, "## C", None, ["## C", "x"]) == text + "\n## C\nx\n"

@@ -226,7 +226,8 @@ def test_step_routing_section_reads_the_step_report_results(tmp_path):
     chosen = {name: [cheapest_within(points, llm_accuracy, loss) for loss in LOSSES]
               for name, points in methods.items()}
     (tmp_path / "step_routing.json").write_text(json.dumps({
-        "command": "python benchmarks/step_routing.py report --task arith-mix", "date": "2025-01-01",
+        "command": "python benchmarks/step_routing.py report --task arith-mix",
+        "date": "2025-01-01",
         "machine": "x86_64, 2 CPU cores", "tasks": [{
             "task": "arith-mix", "questions": 200, "slm_accuracy": 0.52, "llm_accuracy": 0.5,
             "best": {_loss_header(loss): {kind: summary_point(cheapest_of(chosen, kind, loss),

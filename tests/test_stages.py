@@ -318,7 +318,8 @@ def test_a_stage_killed_outright_keeps_its_wall_time_so_far(tmp_path):
 
     from training.records import load_run
 
-    script = ("import sys, time\nfrom training.records import timed\nrun = {'sample_seconds': 5.0}\n"
+    script = ("import time\nfrom training.records import timed\n"
+              "run = {'sample_seconds': 5.0}\n"
               f"with timed(run, 'sample_seconds', {str(tmp_path)!r}, heartbeat_s=0.1):\n"
               "    print('started', flush=True)\n    time.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,

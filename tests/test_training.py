@@ -178,7 +178,8 @@ def write_sampled_replies(overrides: list[str], run_dir) -> None:
     with open(run_dir / REPLIES_FILE, "w") as handle:
         for problem in self_label_problems(load_config(None, overrides)):
             handle.write(json.dumps({"id": problem["id"], "replies": [
-                f"Answer: {problem['gold']}\nConfidence: 0.9", "Answer: -1\nConfidence: 0.9"]}) + "\n")
+                f"Answer: {problem['gold']}\nConfidence: 0.9",
+                "Answer: -1\nConfidence: 0.9"]}) + "\n")
 
 
 @pytest.fixture(scope="module")
