@@ -69,15 +69,17 @@ def task_section(result: dict) -> tuple[list[str], dict]:
               "in brackets; none: no threshold reaches that accuracy):", "",
               "| method | " + " | ".join(_loss_header(loss) for loss in LOSSES) + " |",
               "|---|" + "---|" * len(LOSSES)]
-    methods = {f"question level, {signal}": points
+    # Keyed "question: <signal>" / "step: <router>", as the results file names them.
+    methods = {f"question: {signal}": points
                for signal, points in result["question_level"].items()}
-    methods.update({f"step level, {ROUTER_NAMES[name]}": points
-                    for name, points in result["sweeps"].items()})
+    methods.update({f"step: {name}": points for name, points in result["sweeps"].items()})
     chosen = {}
     for name, points in methods.items():
         cells = [cheapest_within(points, llm_accuracy, loss) for loss in LOSSES]
         chosen[name] = cells
-        lines.append(f"| {name} | " + " | ".join(_saving(c, llm_cost) for c in cells) + " |")
+        kind, key = name.split(": ", 1)
+        lines.append(f"| {kind} level, {ROUTER_NAMES.get(key, key)} | "
+                     + " | ".join(_saving(c, llm_cost) for c in cells) + " |")
     lines.append("")
     for name, points in result["sweeps"].items():
         lines += [f"**{ROUTER_NAMES[name]}**: every threshold swept", "",
@@ -167,9 +169,7 @@ def summary_point(point: dict | None, llm_cost: float) -> dict | None:
     """A chosen point as the results file keeps it: no per-question rows."""
     if point is None:
         return None
-    kind, method = point["method"].split(", ", 1)
-    router = next((key for key, label in ROUTER_NAMES.items() if label == method), method)
-    return {"method": f"{kind}: {router}", "threshold": point["threshold"],
+    return {"method": point["method"], "threshold": point["threshold"],
             "accuracy": point["accuracy"], "saving": 1 - point["cost"] / llm_cost}
 
 

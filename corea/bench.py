@@ -539,7 +539,7 @@ def step_routing_lines(results: Path = RESULTS_DIR) -> list[str]:
         return (f"{100 * point['saving']:.1f}% ({point['method'].split(': ', 1)[-1]}, "
                 f"acc {100 * point['accuracy']:.1f}%)")
 
-    columns = [key for key in result["tasks"][0]["best"]] if result["tasks"] else []
+    columns = list(result["tasks"][0]["best"]) if result["tasks"] else []
     lines = [STEP_SECTION, "",
              f"From `{result['command']}` ({result['date']}, {result['machine']}); every "
              "router's sweep and the cost rule are in [STEP_ROUTING.md](STEP_ROUTING.md). The "

@@ -213,16 +213,15 @@ def test_serving_lines_read_the_speed_scripts_results(tmp_path):
 
 
 def test_step_routing_section_reads_the_step_report_results(tmp_path):
-    from benchmarks.step_report import LOSSES, ROUTER_NAMES, _loss_header, cheapest_of, \
-        cheapest_within, summary_point
+    from benchmarks.step_report import LOSSES, _loss_header, cheapest_of, cheapest_within, \
+        summary_point
 
     from corea.bench import STEP_SECTION, step_routing_lines
 
     assert step_routing_lines(tmp_path) == []
     llm_accuracy, llm_cost = 0.5, 10.0
-    methods = {f"step level, {ROUTER_NAMES['learned']}": [{"threshold": 0.3, "accuracy": 0.7,
-                                                         "cost": 8.0}],
-               "question level, verbalized": [{"threshold": 0.0, "accuracy": 0.52, "cost": 1.0}]}
+    methods = {"step: learned": [{"threshold": 0.3, "accuracy": 0.7, "cost": 8.0}],
+               "question: verbalized": [{"threshold": 0.0, "accuracy": 0.52, "cost": 1.0}]}
     chosen = {name: [cheapest_within(points, llm_accuracy, loss) for loss in LOSSES]
               for name, points in methods.items()}
     (tmp_path / "step_routing.json").write_text(json.dumps({

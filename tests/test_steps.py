@@ -385,10 +385,10 @@ def test_step_report_separates_methods_by_their_gain_over_the_llm():
     llm_accuracy = 0.50
     step = [{"accuracy": 0.55, "cost": 1.0}, {"accuracy": 0.70, "cost": 8.0}]
     question = [{"accuracy": 0.55, "cost": 1.0}, {"accuracy": 0.58, "cost": 4.0}]
-    chosen = {f"{kind} level": [cheapest_within(points, llm_accuracy, loss) for loss in LOSSES]
+    chosen = {f"{kind}: x": [cheapest_within(points, llm_accuracy, loss) for loss in LOSSES]
               for kind, points in (("step", step), ("question", question))}
-    assert cheapest_of(chosen, "step", 0.02) == {**step[0], "method": "step level"}
-    assert cheapest_of(chosen, "question", 0.02) == {**question[0], "method": "question level"}
+    assert cheapest_of(chosen, "step", 0.02) == {**step[0], "method": "step: x"}
+    assert cheapest_of(chosen, "question", 0.02) == {**question[0], "method": "question: x"}
     assert cheapest_of(chosen, "step", -0.10)["cost"] == 8.0
     assert cheapest_of(chosen, "question", -0.10) is None
     assert cheapest_of(chosen, "question", -0.05)["cost"] == 1.0
