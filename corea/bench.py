@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 from corea import embedded
 from corea.ablation import RUNS_DIR, ablation_section
 from corea.costs import resolve_price
-from corea.metrics import TracePair, join_traces, summarize
+from corea.metrics import TracePair, at_threshold, join_traces, summarize
 from corea.metrics import auroc as metrics_auroc
 from corea.models import GenerationConfig, get_model
 from corea.signals import SIGNALS, TOKEN_SIGNALS, has_column, with_signal
@@ -367,10 +367,9 @@ def protection_table(tables: dict, pairs_by_dataset: dict) -> list[str]:
             if pair is None:
                 cells += ["—", "—"]
                 continue
-            keep = pair.confidence >= FIXED_THRESHOLD
-            accuracy = float(np.where(keep, pair.slm_correct, pair.llm_correct).mean())
-            cells += [f"{(float(pair.llm_correct.mean()) - accuracy) * 100:+.1f} pts",
-                      _pct(float((~keep).mean()))]
+            fixed = at_threshold(pair, FIXED_THRESHOLD)
+            cells += [f"{(fixed['llm_accuracy'] - fixed['accuracy']) * 100:+.1f} pts",
+                      _pct(fixed["deferred_share"])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if not any("verbalized (calibrated)" in pairs for pairs in pairs_by_dataset.values()):
         lines += ["", "— in the calibrated columns: no calibrated adapter was given. "

@@ -253,6 +253,16 @@ def summarize(pair: TracePair, max_drop: float = DEFAULT_MAX_DROP) -> dict:
     }
 
 
+def at_threshold(pair: TracePair, threshold: float) -> dict:
+    """The cascade at one fixed threshold: its accuracy, the LLM alone's, and the SLM answers it
+    keeps (how many, how many right)."""
+    keep = pair.confidence >= threshold
+    return {"accuracy": float(np.where(keep, pair.slm_correct, pair.llm_correct).mean()),
+            "llm_accuracy": float(pair.llm_correct.mean()), "kept": int(keep.sum()),
+            "kept_right": int((keep & pair.slm_correct).sum()),
+            "deferred_share": float((~keep).mean())}
+
+
 def trace_summary(rows: list[dict]) -> dict:
     """One model's trace on its own: accuracy, format rate and calibration, overall and by level."""
     confidence = np.array([_confidence(row) for row in rows], dtype=float)

@@ -245,3 +245,26 @@ def test_step_routing_section_reads_the_step_report_results(tmp_path):
     assert step_cells[0] == "20.0% (learned, acc 70.0%)" and question_cells[0] == "none"
     at_two = columns.index("loss ≤ 2 pts")
     assert question_cells[at_two] == "90.0% (verbalized, acc 52.0%)"
+
+
+def test_slm_comparison_reads_each_model_as_served(tmp_path, monkeypatch):
+    import benchmarks.compare_slms as compare_slms
+
+    def table(name, rows):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def row(i, correct, confidence):
+        return {"id": f"q{i}", "task": "t", "question": f"q{i}?", "gold": "1", "model": "m",
+                "output": "Answer: 1", "answer": "1", "confidence": confidence,
+                "format_ok": True, "correct": correct, "prompt_tokens": 1,
+                "completion_tokens": 1, "cost": 1.0, "latency_s": 0.1}
+
+    table("a-t", [row(i, i < 6, 0.9 if i < 6 else 0.2) for i in range(10)])
+    table("qwen-t", [row(i, True, 0.9) for i in range(10)])
+    monkeypatch.setattr(compare_slms, "TRACES", tmp_path)
+    result = compare_slms.compare([("a", "a", "verbalized", None)], ["t"], 0.8)["a"]["t"]
+    assert result["accuracy"] == 0.6 and result["auroc"] == 1.0
+    assert result["cascade_at_0.8"] == {"accuracy": 1.0, "llm_accuracy": 1.0, "kept": 6,
+                                        "kept_right": 6, "deferred_share": 0.4}
+    with pytest.raises(Exception, match="LABEL=PREFIX:SIGNAL"):
+        compare_slms.parse_slm("no-prefix")

@@ -95,3 +95,13 @@ def test_tables_that_share_no_ids():
 def test_partial_overlap_is_reported():
     pair = join_traces(SLM, LLM[:3])
     assert len(pair) == 3 and pair.dropped_slm == 1 and pair.dropped_llm == 0
+
+
+def test_the_cascade_at_a_fixed_threshold():
+    from corea.metrics import at_threshold
+
+    # t=0.6 keeps q1 (right), q2 (wrong), q3 (right); q4 (no confidence) goes to the LLM (right).
+    fixed = at_threshold(join_traces(SLM, LLM), 0.6)
+    assert fixed == {"accuracy": 0.75, "llm_accuracy": 0.75, "kept": 3, "kept_right": 2,
+                     "deferred_share": 0.25}
+    assert at_threshold(join_traces(SLM, LLM), 0.95)["accuracy"] == 0.75  # the LLM alone
