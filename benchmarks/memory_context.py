@@ -51,10 +51,11 @@ def with_context(form: str, question: str, hint: str | None, solved: dict,
         worked = _CONFIDENCE_LINE.sub("", solved["output"]).strip()
         note = Strategy(0, "probe", solved["question"], worked, None, solved["model"], 0, 0)
         if form == "notes":
-            return slm_messages(question, hint, [note], few_shot)
+            return slm_messages(question, hint, [note], few_shot, with_problem=True)
         messages = build_messages(question, hint=hint, few_shot=few_shot)
         messages[-1] = {"role": "user",
-                        "content": f"{notes_block([note])}\n\n{messages[-1]['content']}"}
+                        "content": f"{notes_block([note], with_problem=True)}\n\n"
+                                   f"{messages[-1]['content']}"}
         return messages
     messages = build_messages(question, hint=hint, few_shot=few_shot)
     demo_question = f"{solved['question']}\n{hint}" if hint else solved["question"]

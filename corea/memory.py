@@ -73,6 +73,9 @@ class MemoryConfig:
     write: str = "second_call"  # how the LLM writes a strategy: second_call, same_call, off
     embedder: str = DEFAULT_EMBEDDER  # the embedded MiniLM, or a sentence-transformers folder
     strategy_max_new_tokens: int = 120
+    # Quote the problem each strategy was written for beside it: off, because a small model
+    # takes that problem's numbers into its own answer (benchmarks/memory/README.md).
+    quote_problem: bool = False
 
     def __post_init__(self):
         if not isinstance(self.store, str) or not self.store.strip():
@@ -89,6 +92,9 @@ class MemoryConfig:
         if not isinstance(self.max_strategies, int) or self.max_strategies < 1:
             raise StoreError(f"memory: max_strategies must be at least 1, not "
                              f"{self.max_strategies!r}")
+        if not isinstance(self.quote_problem, bool):
+            raise StoreError(f"memory: quote_problem is true or false, not "
+                             f"{self.quote_problem!r}")
         if self.write not in WRITE_MODES:
             raise StoreError(f"memory: write is one of {', '.join(WRITE_MODES)}, not "
                              f"{self.write!r}")
@@ -664,23 +670,28 @@ STRATEGY_SYSTEM = "You write short, general problem-solving strategies for a stu
 _STRATEGY_LINE = re.compile(r"^[ \t>*#_-]*strategy[ \t]*[:：][ \t]*(.+?)[ \t]*$", re.I | re.M)
 
 
-def quote_strategy(strategy: Strategy) -> str:
-    """One note as a JSON string: whatever it says, it stays inside its quotes."""
-    return json.dumps(f"Problem: {strategy.question} Strategy: {strategy.strategy}",
-                      ensure_ascii=False)
+def quote_strategy(strategy: Strategy, with_problem: bool = False) -> str:
+    """One note as a JSON string: whatever it says, it stays inside its quotes. The strategy
+    alone, unless `with_problem` puts the problem it was written for beside it."""
+    text = f"Strategy: {strategy.strategy}"
+    if with_problem:
+        text = f"Problem: {strategy.question} {text}"
+    return json.dumps(text, ensure_ascii=False)
 
 
-def notes_block(strategies: list[Strategy]) -> str:
-    lines = [NOTES_HEADER] + [f"{n}. {quote_strategy(s)}" for n, s in enumerate(strategies, 1)]
+def notes_block(strategies: list[Strategy], with_problem: bool = False) -> str:
+    lines = [NOTES_HEADER] + [f"{n}. {quote_strategy(s, with_problem)}"
+                              for n, s in enumerate(strategies, 1)]
     return "\n".join(lines)
 
 
 def slm_messages(question: str, hint: str | None, strategies: list[Strategy],
-                 few_shot: bool = True) -> list[dict]:
-    """The small model's messages: the question and its hint as always, then the notes."""
+                 few_shot: bool = True, with_problem: bool = False) -> list[dict]:
+    """The small model's messages: the question and its hint as always, then the notes (each
+    one the strategy alone, or with the problem it was written for: `with_problem`)."""
     if not strategies:
         return build_messages(question, hint=hint, few_shot=few_shot)
-    extra = notes_block(strategies)
+    extra = notes_block(strategies, with_problem)
     return build_messages(question, hint=f"{hint}\n\n{extra}" if hint else f"\n{extra}",
                           few_shot=few_shot)
 
@@ -787,7 +798,8 @@ class StrategyMemory:
 
     def slm_messages(self, question: str, hint: str | None, recall: Recall,
                      few_shot: bool = True) -> list[dict]:
-        return slm_messages(question, hint, recall.strategies, few_shot)
+        return slm_messages(question, hint, recall.strategies, few_shot,
+                            self.config.quote_problem)
 
     def llm_messages(self, question: str, hint: str | None, few_shot: bool = True) -> list[dict]:
         return llm_messages(question, hint, self.config.write, few_shot)
@@ -888,6 +900,23 @@ def import_jsonl(store: StrategyStore, embedder: Embedder, path: str | Path, *,
                  namespace: str | None = None, merge_similarity: float = 0.9,
                  max_strategies: int = 10_000) -> tuple[int, int]:
     """Add the strategies of an exported file (re-embedded); returns (stored, merged)."""
+    stored = merged = 0
+    for row in read_strategy_rows(path):
+        keys = embedder.encode([row["question"], row["strategy"]])
+        confidence = row.get("confidence")
+        _, was_merged = store.add(
+            namespace or row.get("namespace") or "default", row["question"], row["strategy"],
+            key_embedding=keys[0], text_embedding=keys[1],
+            confidence=float(confidence) if isinstance(confidence, (int, float)) else None,
+            source_model=str(row.get("source_model") or ""), merge_similarity=merge_similarity,
+            max_strategies=max_strategies)
+        merged += was_merged
+        stored += not was_merged
+    return stored, merged
+
+
+def read_strategy_rows(path: str | Path) -> list[dict]:
+    """The rows of an exported strategy file, each checked to hold a question and a strategy."""
     items = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -902,16 +931,4 @@ def import_jsonl(store: StrategyStore, embedder: Embedder, path: str | Path, *,
                 raise StoreError(f"{path}, line {number}: a strategy row needs 'question' and "
                                  "'strategy' texts")
             items.append(row)
-    stored = merged = 0
-    for row in items:
-        keys = embedder.encode([row["question"], row["strategy"]])
-        confidence = row.get("confidence")
-        _, was_merged = store.add(
-            namespace or row.get("namespace") or "default", row["question"], row["strategy"],
-            key_embedding=keys[0], text_embedding=keys[1],
-            confidence=float(confidence) if isinstance(confidence, (int, float)) else None,
-            source_model=str(row.get("source_model") or ""), merge_similarity=merge_similarity,
-            max_strategies=max_strategies)
-        merged += was_merged
-        stored += not was_merged
-    return stored, merged
+    return items

@@ -126,6 +126,7 @@ class StreamPlan:
     store: Path | None = None  # default: runs/memory/<out's name>.db
     max_questions: int | None = None  # stop after this many new rows (bounded runs)
     export: Path | None = None  # where the finished stream's strategies are exported (JSONL)
+    quote_problem: bool = False  # notes quote the problem each strategy was written for
 
 
 def stream_order(examples: list[Example], seed: int) -> list[Example]:
@@ -145,7 +146,7 @@ def _serving(plan: StreamPlan) -> tuple[str, float]:
 def _stream_settings(plan: StreamPlan, signal: str, threshold: float) -> dict:
     return {"seed": plan.seed, "threshold": threshold, "write": plan.write,
             "admit_confidence": plan.admit_confidence, "min_similarity": plan.min_similarity,
-            "top_k": plan.top_k, "limit": plan.limit,
+            "top_k": plan.top_k, "limit": plan.limit, "quote_problem": plan.quote_problem,
             # Streams on the stated confidence kept their settings from before signals existed.
             **({"signal": signal} if signal != "verbalized" else {})}
 
@@ -181,9 +182,11 @@ def run_stream(plan: StreamPlan, progress: bool = True) -> list[dict]:
     signal, threshold = _serving(plan)
     settings = _stream_settings(plan, signal, threshold)
     done = read_trace(plan.out) if plan.out.is_file() and plan.out.stat().st_size else []
-    if done and done[0].get("stream") != settings:
-        raise ValueError(f"{plan.out} was streamed with other settings ({done[0].get('stream')});"
-                         " choose another --out")
+    # Streams from before `quote_problem` existed quoted the problem beside each strategy.
+    earlier = {"quote_problem": True, **done[0].get("stream", {})} if done else None
+    if done and earlier != settings:
+        raise ValueError(f"{plan.out} was streamed with other settings ({earlier}); choose "
+                         "another --out")
     if done and not store.is_file():
         raise ValueError(f"{plan.out} has rows but its store {store} is gone: the stream cannot "
                          "resume without it; remove the rows to start again")
@@ -205,7 +208,7 @@ def run_stream(plan: StreamPlan, progress: bool = True) -> list[dict]:
         memory = StrategyMemory(MemoryConfig(
             store=str(store), namespace=task.name, top_k=plan.top_k,
             min_similarity=plan.min_similarity, admit_confidence=plan.admit_confidence,
-            write=plan.write))
+            write=plan.write, quote_problem=plan.quote_problem))
         cascade = Cascade([Tier(slm, threshold, slm_price, signal), Tier(llm, None, llm_price)],
                           GenerationConfig(), memory)
         baselines = [(slm, plan.slm_trace, {r["id"] for r in slm_rows}, slm_price),
@@ -557,6 +560,35 @@ def compare_write(task_name: str, limit: int, eval_limit: int, out: Path, *, llm
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+# ------------------------------------------------------------------------------ warm-up
+
+def learn_from_task(memory: StrategyMemory, task_name: str, llm: Model, *,
+                    split: str | None = None, limit: int | None = None,
+                    progress: bool = True) -> dict:
+    """Fill `memory` from a task's questions as the cascade would from its deferrals: the LLM
+    answers each one, then writes a strategy (the memory's `write` mode) that is stored when
+    the LLM's stated confidence passes the admission gate. Gold answers are only counted."""
+    from tqdm.auto import tqdm
+
+    task = get_task(task_name)
+    split = split or task.default_split
+    config = GenerationConfig()
+    counts = {"questions": 0, "llm_right": 0, "stored": 0, "merged": 0, "not_stored": 0}
+    start = time.perf_counter()
+    for example in tqdm(task.examples(split, limit), desc=f"{llm.name} teaching {task.name}",
+                        unit="q", disable=not progress):
+        reply = llm.generate([memory.llm_messages(example.question, task.hint,
+                                                  few_shot=llm.few_shot)], config)[0]
+        parsed = parse_reply(reply.text)
+        lesson = memory.learn(example.question, llm, parsed, reply.text, config)
+        counts["questions"] += 1
+        counts["llm_right"] += bool(is_correct(parsed.answer, example.gold, task.checker))
+        counts["merged" if lesson.merged else "stored" if lesson.stored_id is not None
+               else "not_stored"] += 1
+    return {**counts, "task": task.name, "split": split, "llm": llm.name,
+            "wall_s": round(time.perf_counter() - start, 1)}
 
 
 # ------------------------------------------------------------------------ retrieval latency

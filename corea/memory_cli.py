@@ -84,6 +84,19 @@ def cmd_memory(args) -> int:
         elif args.action == "import":
             stored, merged = import_jsonl(store, embedder, args.file, namespace=args.namespace)
             print(f"{args.file}: {stored} stored, {merged} merged into near-duplicates")
+        elif args.action == "learn":
+            from corea.memory import MemoryConfig, StrategyMemory
+            from corea.memory_bench import learn_from_task
+
+            memory = StrategyMemory(MemoryConfig(store=args.store, namespace=args.namespace,
+                                                 admit_confidence=args.admit_confidence),
+                                    embedder=embedder, store=store)
+            from corea.models import get_model
+
+            result = learn_from_task(memory, args.task, get_model(args.llm), split=args.split,
+                                     limit=args.limit)
+            memory.flush()
+            print(json.dumps(result))
         elif args.action == "delete":
             if args.all:
                 removed = store.delete_namespace(args.namespace)
@@ -123,7 +136,8 @@ def cmd_bench_memory(args) -> int:
             threshold=args.threshold, signal=args.signal, write=args.write,
             admit_confidence=args.admit_confidence, min_similarity=args.min_similarity,
             top_k=args.top_k, store=args.store,
-            max_questions=args.max_questions, export=args.export)
+            max_questions=args.max_questions, export=args.export,
+            quote_problem=args.quote_problem)
         bench.run_stream(plan, progress=not args.quiet)
     if args.slm_trace and args.llm_trace and args.out.is_file():
         numbers = args.report_dir / f"stream-{args.task}.json"
@@ -153,22 +167,31 @@ def add_commands(commands) -> None:
     from corea.signals import RUNTIME_SIGNALS
 
     memory = commands.add_parser(
-        "memory", help="browse, search, export, import or delete a strategy store",
-        description="A strategy store is a SQLite file or a postgresql:// URL.")
+        "memory", help="browse, search, export, import, delete or fill a strategy store",
+        description="A strategy store is a SQLite file or a postgresql:// URL. learn: the LLM "
+                    "answers a task's questions and stores the strategies it is confident of, "
+                    "as the cascade does when it defers (to fill a store before serving).")
     memory.add_argument("action", choices=("namespaces", "list", "search", "export", "import",
-                                           "delete"))
+                                           "delete", "learn"))
     memory.add_argument("text", nargs="?", default="",
                         help="search: the question to find strategies for; list: a substring")
     memory.add_argument("--store", required=True, help="SQLite file or postgresql:// URL")
     memory.add_argument("--namespace", default=None,
                         help="one namespace (default: all for list/export; 'default' otherwise)")
-    memory.add_argument("--limit", type=int, default=20, help="(default: %(default)s)")
+    memory.add_argument("--limit", type=int, default=20,
+                        help="list, search: rows shown; learn: questions (default: %(default)s)")
     memory.add_argument("--min-similarity", type=float, default=0.0,
                         help="search: the lowest similarity shown (default: %(default)s)")
     memory.add_argument("--out", type=Path, help="export: the JSONL file to write")
     memory.add_argument("--file", type=Path, help="import: the JSONL file to read")
     memory.add_argument("--id", type=int, action="append", help="delete: a strategy id")
     memory.add_argument("--all", action="store_true", help="delete: the whole --namespace")
+    memory.add_argument("--task", help="learn: the task whose questions the LLM answers")
+    memory.add_argument("--split", help="learn: the task's split (default: its default split)")
+    memory.add_argument("--llm", default="qwen", help="learn: the LLM (default: %(default)s)")
+    memory.add_argument("--admit-confidence", type=float, default=0.9,
+                        help="learn: the LLM's confidence a strategy needs to be stored "
+                             "(default: %(default)s)")
     memory.add_argument("--embedder", default=DEFAULT_EMBEDDER, help=argparse.SUPPRESS)
     memory.set_defaults(handler=_checked_memory)
 
@@ -204,6 +227,9 @@ def add_commands(commands) -> None:
                                                   "latency: a scratch SQLite file")
     bench.add_argument("--export", type=Path,
                        help="stream: when it is finished, export its strategies here (JSONL)")
+    bench.add_argument("--quote-problem", action="store_true",
+                       help="stream: each note also quotes the problem its strategy was written "
+                            "for (streams from before this option did)")
     bench.add_argument("--max-questions", type=int,
                        help="stream: stop after this many new questions (resume later)")
     bench.add_argument("--eval-limit", type=int, default=40,
@@ -239,6 +265,10 @@ def _memory_command(args) -> int:
         raise ValueError("memory search needs the question text")
     if args.action in ("search", "import") and args.namespace is None:
         args.namespace = "default" if args.action == "search" else None
+    if args.action == "learn":
+        if not args.task:
+            raise ValueError("memory learn needs --task: the questions the LLM learns from")
+        args.namespace = args.namespace or args.task
     if args.action == "delete" and args.all and not args.namespace:
         raise ValueError("memory delete --all needs --namespace")
     return cmd_memory(args)

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port
 from corea.cascade import Cascade, CascadeConfig, CascadeResult, Tier, TierSpec
 from corea.costs import Price
-from corea.memory import (NOTES_HEADER, MemoryConfig, StoreError, StrategyMemory,
+from corea.memory import (NOTES_HEADER, MemoryConfig, Recall, StoreError, StrategyMemory,
                           StrategyStore, Strategy, export_jsonl, import_jsonl, open_store,
                           parse_strategy, slm_messages)
 from corea.models import Generation, GenerationConfig
@@ -77,6 +77,8 @@ def test_memory_config_validates_and_round_trips():
         MemoryConfig(store="m.db", top_k=0)
     with pytest.raises(StoreError, match="write is one of"):
         MemoryConfig(store="m.db", write="sometimes")
+    with pytest.raises(StoreError, match="quote_problem is true or false"):
+        MemoryConfig.from_dict({"store": "m.db", "quote_problem": "yes"})
     with pytest.raises(StoreError, match="unknown option.*topk"):
         MemoryConfig.from_dict({"store": "m.db", "topk": 2})
     with pytest.raises(StoreError, match="'store'"):
@@ -218,6 +220,21 @@ def test_a_strategy_that_gives_orders_stays_quoted_data():
     assert parse_reply(content).answer is None and parse_reply(content).confidence is None
 
 
+def test_notes_quote_the_strategy_alone_unless_asked_for_its_problem():
+    # The neighbour's problem carries numbers a small model copies into its own answer.
+    note = Strategy(1, "ns", "Ann has 37 pens and buys 5 more.", "Add what is bought.", 0.95,
+                    "llm", 0.0, 0.0)
+    plain = slm_messages(APPLES, None, [note])[-1]["content"]
+    assert "Add what is bought." in plain and "37" not in plain and "Problem:" not in plain
+    quoted = slm_messages(APPLES, None, [note], with_problem=True)[-1]["content"]
+    assert json.loads(quoted.splitlines()[-1].split(". ", 1)[1]) == (
+        "Problem: Ann has 37 pens and buys 5 more. Strategy: Add what is bought.")
+    memory = StrategyMemory(MemoryConfig(store="unused.db", quote_problem=True),
+                            embedder=object(), store=object())
+    recall = Recall([note], [0.9])
+    assert memory.slm_messages(APPLES, None, recall)[-1]["content"] == quoted
+
+
 def test_parse_strategy_reads_the_last_strategy_line():
     reply = ("3 * 4 = 12, 12 - 2 = 10.\nStrategy: Multiply the groups, then subtract.\n"
              "Answer: 10\nConfidence: 0.95")
@@ -249,6 +266,30 @@ def test_admission_gate_and_same_call_writing(tmp_path, tiny_model, embedder):
     recall = memory.recall([APPLES.replace("Tom", "Ann")])[0]
     assert recall.ids == [lesson.stored_id] and recall.note is None
     assert recall.similarities[0] > 0.9
+
+
+@needs_minilm
+def test_learning_from_a_task_stores_only_what_the_llm_is_sure_of(tmp_path, embedder):
+    from corea.memory_bench import ReplayModel, learn_from_task
+    from corea.tasks import get_task
+
+    task = get_task("arith-1")
+    first, second = task.examples("train", 2)
+    memory = StrategyMemory(MemoryConfig(store=str(tmp_path / "m.db"), namespace="arith-1",
+                                         write="same_call"), embedder=embedder)
+    # The LLM's replies, replayed: one sure of a right answer, with a strategy; one unsure.
+    replies = [(first, format_reply("Count what is added.\nStrategy: Add what is found to what "
+                                    "there was.", first.gold, 0.95)),
+               (second, format_reply("A guess.\nStrategy: Guess.", "-1", 0.3))]
+    llm = ReplayModel("llm", "llm", {
+        ReplayModel.key(memory.llm_messages(e.question, task.hint)): Generation(reply, 50, 20, 0.1)
+        for e, reply in replies})
+    result = learn_from_task(memory, "arith-1", llm, split="train", limit=2, progress=False)
+    assert (result["questions"], result["llm_right"], result["stored"], result["not_stored"]) \
+        == (2, 1, 1, 1)
+    assert llm.replayed == 2 and llm.generated == 0
+    assert [s.strategy for s in memory.store.list("arith-1")] == [
+        "Add what is found to what there was."]
 
 
 @needs_minilm
@@ -586,6 +627,16 @@ def test_the_stream_records_rows_and_both_baselines_and_resumes(tmp_path, tiny_m
     plan.threshold = 0.5
     with pytest.raises(ValueError, match="other settings"):
         run_stream(plan, progress=False)
+    # A stream written before `quote_problem` existed quoted the problems: it resumes as one.
+    plan.threshold = 1.0
+    lines = [json.loads(line) for line in open(plan.out)]
+    for row in lines:
+        del row["stream"]["quote_problem"]
+    plan.out.write_text("".join(json.dumps(row) + "\n" for row in lines))
+    with pytest.raises(ValueError, match="other settings"):
+        run_stream(plan, progress=False)
+    plan.quote_problem = True
+    assert len(run_stream(plan, progress=False)) == 3
 
 
 @needs_minilm

