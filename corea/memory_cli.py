@@ -87,12 +87,11 @@ def cmd_memory(args) -> int:
         elif args.action == "learn":
             from corea.memory import MemoryConfig, StrategyMemory
             from corea.memory_bench import learn_from_task
+            from corea.models import get_model
 
             memory = StrategyMemory(MemoryConfig(store=args.store, namespace=args.namespace,
                                                  admit_confidence=args.admit_confidence),
                                     embedder=embedder, store=store)
-            from corea.models import get_model
-
             result = learn_from_task(memory, args.task, get_model(args.llm), split=args.split,
                                      limit=args.limit)
             memory.flush()

@@ -551,6 +551,20 @@ def test_memory_command_exports_imports_lists_and_deletes(tmp_path, embedder, ca
 
 
 @needs_minilm
+def test_memory_learn_runs_the_llm_over_a_task_and_names_what_it_needs(tmp_path, tiny_model_dir,
+                                                                      capsys):
+    store = str(tmp_path / "m.db")
+    code, _, err = run_corea(capsys, "memory", "learn", "--store", store)
+    assert code == 2 and "needs --task" in err
+    code, printed, _ = run_corea(capsys, "memory", "learn", "--store", store, "--task", "arith-1",
+                                 "--split", "train", "--limit", "2", "--llm", str(tiny_model_dir))
+    result = json.loads(printed.strip().splitlines()[-1])
+    # The tiny model states no confidence, so the gate admits nothing: counted, not stored.
+    assert code == 0 and result["questions"] == 2 and result["not_stored"] == 2
+    assert result["split"] == "train" and result["task"] == "arith-1"
+
+
+@needs_minilm
 def test_serve_gives_the_slm_the_configured_stores_strategies(tmp_path, tiny_model_dir,
                                                               embedder):
     from fastapi.testclient import TestClient
