@@ -452,9 +452,11 @@ def cmd_calibrate(args) -> int:
         return 0
     serving = embedded.adapter_serving(adapter)
     serving["calibration"] = platt.to_dict()
+    # A map of a signal the cascade does not defer on would change nothing: serve on it.
+    serving["signal"] = args.signal
     (adapter / "corea.json").write_text(json.dumps(serving, indent=2) + "\n")
-    print(f"written to {adapter / 'corea.json'}: the cascade now reads {args.signal} of "
-          f"{adapter.name} through it, live and from its trace tables")
+    print(f"written to {adapter / 'corea.json'}: the cascade now defers on {args.signal} of "
+          f"{adapter.name}, read through this map, live and from its trace tables")
     return 0
 
 

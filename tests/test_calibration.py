@@ -84,7 +84,7 @@ def test_calibrate_fits_on_training_answers_of_the_adapter_and_declares_the_map(
     adapter = tmp_path / "mine"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    (adapter / "corea.json").write_text(json.dumps({"few_shot": False, "signal": "verbalized_mean"}))
+    (adapter / "corea.json").write_text(json.dumps({"few_shot": False}))  # serves on the default
     train = write_trace(tmp_path / "train.jsonl", _rows("train", "m"), "smollm2-135m+mine")
     args = ["calibrate", "--adapter", str(adapter), "--signal", "verbalized_mean"]
     # Test questions, or another model's answers, are refused and nothing is written.
@@ -100,6 +100,7 @@ def test_calibrate_fits_on_training_answers_of_the_adapter_and_declares_the_map(
     done = corea(*args, "--trace", str(train))
     assert done.returncode == 0, done.stderr
     serving = json.loads((adapter / "corea.json").read_text())
+    # The fitted signal becomes the one the cascade defers on.
     assert serving["few_shot"] is False and serving["signal"] == "verbalized_mean"
     platt = PlattMap.from_dict(serving["calibration"])
     assert platt.signal == "verbalized_mean" and platt.slope > 0
