@@ -87,6 +87,16 @@ def adapter_map(adapter_dir: Path) -> PlattMap | None:
     return PlattMap.from_dict(data, f"{adapter_dir}/corea.json: calibration") if data else None
 
 
+def spec_map(spec: str) -> PlattMap | None:
+    """The map of a model as corea is told it (an adapter folder, or a shipped adapter's name),
+    for tables whose model name ("base+adapter") names no shipped adapter."""
+    from corea.embedded import shipped_adapters
+
+    folder = Path(spec) if (Path(spec) / "adapter_config.json").is_file() \
+        else shipped_adapters().get(spec)
+    return adapter_map(folder) if folder is not None else None
+
+
 def model_map(model_name: str) -> PlattMap | None:
     """The map of a model named in a trace table ("base+adapter"), when it is a shipped adapter
     that declares one."""

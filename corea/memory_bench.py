@@ -306,12 +306,15 @@ def _mean(values) -> float | None:
 
 
 def stream_summary(stream_rows: list[dict], plain_rows: list[dict],
-                   llm_rows: list[dict]) -> dict:
+                   llm_rows: list[dict], confidence_map=None) -> dict:
     """With vs without memory on the same questions in stream order: the SLM's accuracy by
-    half, the cascade at the stream's threshold, and its best saving within 2 points."""
+    half, the cascade at the stream's threshold, and its best saving within 2 points. Both
+    sides are read as the stream deferred: its signal, through the SLM's Platt map (a shipped
+    adapter's is found by its name; another SLM's comes as `confidence_map`)."""
     signal = _stream_signal(stream_rows)
-    if signal != "verbalized":  # both sides read as the stream deferred: signal, Platt map
-        stream_rows, plain_rows = with_signal(stream_rows, signal), with_signal(plain_rows, signal)
+    if signal != "verbalized":
+        stream_rows, plain_rows = (_as_deferred(rows, signal, confidence_map)
+                                   for rows in (stream_rows, plain_rows))
     rows = sorted(stream_rows, key=lambda r: r["position"])
     plain = {r["id"]: r for r in plain_rows}
     llm = {r["id"]: r for r in llm_rows}
@@ -359,6 +362,13 @@ def stream_summary(stream_rows: list[dict], plain_rows: list[dict],
             with_summary["best_within_2pt"], memory_cost, llm_cost),
     }
     return summary
+
+
+def _as_deferred(rows: list[dict], signal: str, confidence_map) -> list[dict]:
+    if confidence_map is None or confidence_map.signal != signal:
+        return with_signal(rows, signal)
+    return [{**row, "confidence": confidence_map(row["confidence"])}
+            for row in with_signal(rows, signal, mapped=False)]
 
 
 def _stream_signal(rows: list[dict]) -> str:
@@ -459,8 +469,10 @@ def report_section(task: str, summary: dict, command: str, plot: str, link: str)
 
 def report(task: str, stream: Path, plain: Path, llm: list[Path], command: str,
            plot_dir: Path = Path("benchmarks/plots"),
-           report_dir: Path = Path("benchmarks/memory")) -> tuple[dict, str]:
-    """The stream's summary and report section, and its plot along the stream."""
+           report_dir: Path = Path("benchmarks/memory"),
+           confidence_map=None) -> tuple[dict, str]:
+    """The stream's summary and report section, and its plot along the stream (the SLM's
+    `confidence_map` as in `stream_summary`)."""
     llm_by_id: dict[str, dict] = {}
     for path in llm:
         for row in _rows_of(path):
@@ -470,7 +482,7 @@ def report(task: str, stream: Path, plain: Path, llm: list[Path], command: str,
     stream_rows = [r for r in read_trace(stream) if r["id"] in plain_ids and r["id"] in llm_by_id]
     if not stream_rows:
         raise ValueError(f"{stream} shares no questions with {plain} and the LLM traces")
-    summary = stream_summary(stream_rows, plain_rows, list(llm_by_id.values()))
+    summary = stream_summary(stream_rows, plain_rows, list(llm_by_id.values()), confidence_map)
     curve = curves(stream_rows, plain_rows)
     ordered = sorted(stream_rows, key=lambda r: r["position"])
     llm_cumulative = list(np.cumsum([llm_by_id[r["id"]]["cost"] for r in ordered]))

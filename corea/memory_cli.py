@@ -142,8 +142,11 @@ def cmd_bench_memory(args) -> int:
         numbers = args.report_dir / f"stream-{args.task}.json"
         if args.action == "report":  # a report of a stream cites the command that streamed it
             command = _stream_command(numbers, args.out) or command
+        from corea.calibration import spec_map
+
         summary, section = bench.report(args.task, args.out, args.slm_trace, args.llm_trace,
-                                        command, report_dir=args.report_dir)
+                                        command, report_dir=args.report_dir,
+                                        confidence_map=spec_map(args.slm))
         args.report_dir.mkdir(parents=True, exist_ok=True)
         (args.report_dir / f"stream-{args.task}.md").write_text(section)
         numbers.write_text(json.dumps({**summary, "command": command}, indent=2) + "\n")

@@ -741,6 +741,31 @@ def test_stream_summary_splits_the_stream_in_halves():
     assert summary["cascade_without_memory"]["llm_share"] == 1.0
 
 
+def test_stream_summary_reads_an_unshipped_slm_through_its_own_map():
+    """A stream of an SLM given as an adapter folder: its tables name no shipped adapter, so the
+    side without memory must be read through the map the folder declares, as the stream ran."""
+    from corea.calibration import PlattMap
+    from corea.memory_bench import stream_summary
+
+    def row(i, model="smollm2-135m+adapter", **extra):
+        return {"id": f"q{i}", "task": "t", "question": "q", "gold": "1", "model": model,
+                "output": "Answer: 1", "answer": "1", "confidence": 0.9, "format_ok": True,
+                "correct": True, "prompt_tokens": 1, "completion_tokens": 1,
+                "cost": 1.0 if model != "llm" else 10.0, "latency_s": 0.0,
+                "verbalized_mean": 0.83 if i % 2 else 0.96, **extra}
+
+    # Raw, every value clears 0.8; through this steep map only 0.96 does (0.83 maps to ~0.03).
+    steep = PlattMap("verbalized_mean", 10.0, -19.36, "test")
+    stream = [row(i, position=i, stream={"threshold": 0.8, "signal": "verbalized_mean"},
+                  deferred=bool(i % 2), cascade_correct=True, cascade_cost=11.0 if i % 2 else 1.0,
+                  memory_cost=0.0, llm_cost=10.0 if i % 2 else 0.0, stored=None, merged=False,
+                  strategies=[]) for i in range(4)]
+    plain, llm = [row(i) for i in range(4)], [row(i, model="llm") for i in range(4)]
+    assert stream_summary(stream, plain, llm)["cascade_without_memory"]["llm_share"] == 0.0
+    mapped = stream_summary(stream, plain, llm, steep)["cascade_without_memory"]
+    assert mapped["llm_share"] == 0.5
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 @needs_minilm
