@@ -12,6 +12,12 @@ whose value is *measured*: the start model's smoothed share right in the questio
 arith-mix level, or its task). The model so learns where the line goes and a first, honest value
 for it, which the self-label stage then refines per question. Checkpoints every `save_steps`;
 running the command again resumes from the last one.
+
+Two options serve the strategy memory (`training/configs/cpu-memory-sft.yaml`): with
+`sft_replies_from` the start model's own replies to training questions are targets too
+(self-distillation), and with `sft_notes_from` a share of the prompts carry the strategies the
+memory would retrieve for their questions, quoted as the cascade quotes them: the model learns to
+answer with notes as it does without.
 """
 
 from __future__ import annotations
