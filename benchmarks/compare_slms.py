@@ -39,8 +39,7 @@ def read_as_served(rows: list[dict], signal: str, train: Path | None) -> list[di
     fitted = with_signal(read_trace(train), signal, mapped=False)
     platt = fit_platt([r["confidence"] for r in fitted], [r["correct"] for r in fitted], signal,
                       fitted_on=train.name)
-    return [{**row, "confidence": platt(row["confidence"])}
-            for row in with_signal(rows, signal, mapped=False)]
+    return with_signal(rows, signal, platt=platt)
 
 
 def compare(slms: list[tuple[str, str, str, Path | None]], tasks: list[str],

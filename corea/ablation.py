@@ -267,8 +267,8 @@ def speed_paragraph(path: Path) -> list[str]:
 SIGNAL_TABLES = ("smollm2-sft", "smollm2-sftconf", "smollm2-selflabel", "smollm2-selflabel-full",
                  "smollm2-selflabel-ood", "smollm2-selflabel-spread", "smollm2-selflabel-pooled",
                  "smollm2-selflabel-pooled-value", "smollm2-selflabel-2k",
-                 "smollm2-selflabel-level", "smollm2-selflabel-level-value", "smollm2-grpo-brier", "smollm2-grpo-group",
-                 "smollm2-calibrated")
+                 "smollm2-selflabel-level", "smollm2-selflabel-level-value", "smollm2-grpo-brier",
+                 "smollm2-grpo-group", "smollm2-calibrated")
 
 
 def signal_table(traces: Path, prefix: str) -> list[str]:

@@ -313,7 +313,7 @@ def stream_summary(stream_rows: list[dict], plain_rows: list[dict],
     adapter's is found by its name; another SLM's comes as `confidence_map`)."""
     signal = _stream_signal(stream_rows)
     if signal != "verbalized":
-        stream_rows, plain_rows = (_as_deferred(rows, signal, confidence_map)
+        stream_rows, plain_rows = (with_signal(rows, signal, platt=confidence_map)
                                    for rows in (stream_rows, plain_rows))
     rows = sorted(stream_rows, key=lambda r: r["position"])
     plain = {r["id"]: r for r in plain_rows}
@@ -362,13 +362,6 @@ def stream_summary(stream_rows: list[dict], plain_rows: list[dict],
             with_summary["best_within_2pt"], memory_cost, llm_cost),
     }
     return summary
-
-
-def _as_deferred(rows: list[dict], signal: str, confidence_map) -> list[dict]:
-    if confidence_map is None or confidence_map.signal != signal:
-        return with_signal(rows, signal)
-    return [{**row, "confidence": confidence_map(row["confidence"])}
-            for row in with_signal(rows, signal, mapped=False)]
 
 
 def _stream_signal(rows: list[dict]) -> str:

@@ -160,23 +160,25 @@ def has_column(rows: list[dict], signal: str) -> bool:
 
 
 def with_signal(rows: list[dict], signal: str, *, samples: list[list[dict]] = (),
-                checker: str = "exact", mapped: bool = True) -> list[dict]:
+                checker: str = "exact", mapped: bool = True, platt=None) -> list[dict]:
     """`rows` with their confidence replaced by `signal`, so any sweep defers on it.
 
     A row the signal cannot score (no answer, no log-probabilities) gets 0: the cascade defers it,
     as it does a reply without a stated confidence. Under `vote_share` each row also pays for its
     k sampled replies: self-consistency runs the SLM k more times on every question. A shipped
     model that declares a Platt map for `signal` (corea.calibration) is read through it, as the
-    cascade reads it live, unless `mapped` is False.
+    cascade reads it live, unless `mapped` is False; `platt` gives the map instead (a model whose
+    rows name no shipped adapter, or a map fitted elsewhere).
     """
     read = _read_signal(rows, signal, samples, checker)
     if not mapped or signal in ("vote_share", "oracle"):
         return read
     from corea.calibration import model_map
 
-    maps = {name: model_map(name) for name in {row.get("model", "") for row in read}}
-    return [{**row, "confidence": platt(row["confidence"])}
-            if (platt := maps[row.get("model", "")]) is not None and platt.signal == signal
+    maps = {name: platt if platt is not None else model_map(name)
+            for name in {row.get("model", "") for row in read}}
+    return [{**row, "confidence": found(row["confidence"])}
+            if (found := maps[row.get("model", "")]) is not None and found.signal == signal
             else row for row in read]
 
 

@@ -59,13 +59,8 @@ def confidence_group(task: str, level: int | None) -> str:
 def measured_confidence(path: str | Path) -> dict[str, float]:
     """Smoothed share right, (right + 0.5) / (n + 1), of each group in a trace table of the
     start model. Held-out rows are refused: a test question must not set a training target."""
-    from corea.traces import read_trace
-
     groups: dict[str, list[bool]] = {}
-    for row in read_trace(path):
-        if row.get("split") == "test":
-            raise ValueError(f"{path} holds test-split rows ({row['id']}): trace the start model "
-                             "on training questions (--split train)")
+    for row in training_rows(path):
         level = (row.get("meta") or {}).get("level")
         groups.setdefault(confidence_group(row["task"], level), []).append(bool(row["correct"]))
     return {group: round((sum(right) + 0.5) / (len(right) + 1), 2)
@@ -113,15 +108,21 @@ def sft_rows(config: TrainConfig) -> list[dict]:
 def own_replies(path: str | Path) -> list[tuple[str, str | None, str]]:
     """(question, hint, reply) of each row of the start model's trace table on training
     questions: what it says without notes is what it should say with them."""
+    return [(row["question"], get_task(row["task"]).hint, row["output"].strip())
+            for row in training_rows(path)]
+
+
+def training_rows(path: str | Path) -> list[dict]:
+    """A trace table of the start model on training questions. Held-out rows are refused: a test
+    question must not set a training target."""
     from corea.traces import read_trace
 
-    items = []
-    for row in read_trace(path):
+    rows = read_trace(path)
+    for row in rows:
         if row.get("split") == "test":
             raise ValueError(f"{path} holds test-split rows ({row['id']}): trace the start model "
                              "on training questions (--split train)")
-        items.append((row["question"], get_task(row["task"]).hint, row["output"].strip()))
-    return items
+    return rows
 
 
 def notes_for(items: list[tuple], config: TrainConfig) -> list[list[Strategy]]:
