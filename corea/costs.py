@@ -55,7 +55,10 @@ def price_from_params(params_billion: float) -> Price:
 def default_price(model_name: str) -> Price | None:
     """The compute-based price of an embedded model (with or without an adapter: a LoRA adds
     little compute), or None for a model corea knows nothing of."""
-    model = embedded.resolve_embedded(model_name.split("+")[0])
+    from corea.program import base_spec
+
+    # A program-aided model costs what its model costs per token.
+    model = embedded.resolve_embedded(base_spec(model_name).split("+")[0])
     return price_from_params(model.params_billion) if model else None
 
 

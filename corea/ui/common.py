@@ -47,8 +47,11 @@ def slm_choices() -> list[str]:
 
 
 def llm_choices() -> list[str]:
-    return _choices(embedded.DEFAULT_LLM, embedded.resolve_embedded(embedded.DEFAULT_LLM).hub_id,
-                    *slm_choices()[:1])
+    """The large models: the embedded one, the same answering by program (corea.program), its
+    Hub checkpoint, and the default SLM."""
+    default = _choices(embedded.DEFAULT_LLM)[0]
+    return _choices(embedded.DEFAULT_LLM, f"program:{default}",
+                    embedded.resolve_embedded(embedded.DEFAULT_LLM).hub_id, *slm_choices()[:1])
 
 
 # What the small model's threshold can be compared with, as the tabs name it (corea.signals).

@@ -1,0 +1,204 @@
+"""Program-aided answering: a model writes a small arithmetic program, corea runs it.
+
+A language model that sets a word problem up right still slips when it adds the numbers up (the
+embedded LLM writes "83 + 30 - 17 - 66 + 41 = 41"). Asked instead for a program, one assignment
+per step, it leaves the arithmetic to corea, which runs the program in a sandbox and writes the
+result as the reply's `Answer:` line. Everything downstream (parsing, checking, signals, traces)
+reads that reply like any other.
+
+A model is served this way when it is named `program:<model>` (`program:qwen`) wherever a model is
+named. The sandbox runs no Python: it walks the program's syntax tree and allows only numbers,
+variables, arithmetic, `print` and a few numeric built-ins, with bounds on size and magnitude.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from dataclasses import replace
+from typing import Iterator
+
+from corea.models import Generation, GenerationConfig, Model
+from corea.protocol import _CONFIDENCE_LINE, SYSTEM_PROMPT
+
+PREFIX = "program:"
+
+PROGRAM_SYSTEM_PROMPT = (
+    "Solve the word problem by writing a short Python program: one assignment per sentence, "
+    "using only numbers, variables and + - * // operators, then print the answer. End the "
+    "program with a comment `# Confidence: <0 to 1>` giving the probability that it is right. "
+    "Reply with the code only."
+)
+# Models trained on notebooks go on to invent the program's output; that text is never needed.
+OUTPUT_BLOCK = "```output"
+
+MAX_STATEMENTS = 200
+MAX_MAGNITUDE = 1e15
+
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_FUNCTIONS = {"int": int, "float": float, "round": round, "abs": abs, "min": min, "max": max}
+_FENCED = re.compile(r"```([a-zA-Z0-9_+-]*)[ \t]*\n(.*?)```", re.S)
+
+
+class ProgramError(ValueError):
+    """The program cannot be run: it uses something the sandbox does not allow, or fails."""
+
+
+def extract_code(reply: str) -> str:
+    """The program in a reply: its first fenced code block (not an output block), or the whole
+    reply without its Confidence line."""
+    for language, code in _FENCED.findall(reply or ""):
+        if language.lower() in ("", "python", "py", "python3"):
+            return code
+    return _CONFIDENCE_LINE.sub("", reply or "")
+
+
+def run_program(code: str) -> float:
+    """The value a program prints last (else its last assignment), computed in the sandbox."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as error:
+        raise ProgramError(f"not a program: {error.msg} (line {error.lineno})") from None
+    if len(tree.body) > MAX_STATEMENTS:
+        raise ProgramError(f"the program has {len(tree.body)} statements; at most "
+                           f"{MAX_STATEMENTS} run")
+    variables: dict[str, float] = {}
+    printed = assigned = None
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign):
+            value = _evaluate(statement.value, variables)
+            for target in statement.targets:
+                variables[_target_name(target)] = value
+            assigned = value
+        elif isinstance(statement, ast.AugAssign) and type(statement.op) in _BINARY:
+            name = _target_name(statement.target)
+            if name not in variables:
+                raise ProgramError(f"{name} is used before it is set")
+            value = _checked(_BINARY[type(statement.op)](variables[name],
+                                                          _evaluate(statement.value, variables)))
+            variables[name] = assigned = value
+        elif isinstance(statement, ast.Expr) and _is_print(statement.value):
+            if len(statement.value.args) != 1 or statement.value.keywords:
+                raise ProgramError("print takes one value here")
+            printed = _evaluate(statement.value.args[0], variables)
+        elif isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) \
+                and isinstance(statement.value.value, str):
+            continue  # a docstring
+        else:
+            raise ProgramError(f"line {statement.lineno}: only assignments and print are run")
+    result = printed if printed is not None else assigned
+    if result is None:
+        raise ProgramError("the program computes nothing")
+    return result
+
+
+def format_number(value: float) -> str:
+    """A computed answer as a reply writes it: whole numbers without a decimal point."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(round(value, 6) if isinstance(value, float) else value)
+
+
+def finish_reply(reply: str) -> str:
+    """`reply` with the `Answer:` line its program computes; unchanged when the program cannot
+    run (the reply then has no answer of its own making, and counts as a format failure)."""
+    try:
+        value = run_program(extract_code(reply))
+    except (ProgramError, ArithmeticError):
+        return reply
+    return f"{reply.rstrip()}\nAnswer: {format_number(value)}"
+
+
+def program_messages(messages: list[dict]) -> list[dict]:
+    """corea's chat messages turned into a request for a program: the program prompt instead of
+    corea's system prompt, and no worked examples (they show prose answers)."""
+    question = [m for m in messages if m["role"] == "user"][-1]
+    system = [m for m in messages if m["role"] == "system" and m["content"] != SYSTEM_PROMPT]
+    return [{"role": "system", "content": PROGRAM_SYSTEM_PROMPT}, *system, question]
+
+
+class ProgramAidedModel(Model):
+    """`inner` asked for programs; each reply ends with the answer its program computes."""
+
+    few_shot = False
+
+    def __init__(self, inner: Model):
+        self.inner = inner
+        self.name = f"{PREFIX}{inner.name}"
+
+    def _finish(self, generation: Generation) -> Generation:
+        # The token log-probabilities describe the program, not the appended answer, so the
+        # token signals (which look for the answer's tokens) are not offered.
+        return replace(generation, text=finish_reply(generation.text), token_logprobs=None)
+
+    @staticmethod
+    def _config(config: GenerationConfig) -> GenerationConfig:
+        return replace(config, stop=(*config.stop, OUTPUT_BLOCK))
+
+    def generate(self, conversations, config=GenerationConfig()):
+        replies = self.inner.generate([program_messages(c) for c in conversations],
+                                      self._config(config))
+        return [self._finish(reply) for reply in replies]
+
+    def stream(self, messages, config=GenerationConfig()) -> Iterator[Generation]:
+        for snapshot in self.inner.stream(program_messages(messages), self._config(config)):
+            yield self._finish(snapshot) if snapshot.done else snapshot
+
+
+def is_program_spec(spec: str) -> bool:
+    return spec.strip().lower().startswith(PREFIX)
+
+
+def base_spec(spec: str) -> str:
+    """The model a `program:` spec names (the spec itself when it is not one)."""
+    return spec.strip()[len(PREFIX):].strip() if is_program_spec(spec) else spec
+
+
+def _target_name(target: ast.expr) -> str:
+    if not isinstance(target, ast.Name):
+        raise ProgramError(f"line {target.lineno}: only plain variables can be assigned")
+    return target.id
+
+
+def _is_print(node: ast.expr) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+        and node.func.id == "print"
+
+
+def _checked(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProgramError("only numbers are computed")
+    if isinstance(value, float) and not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
+        raise ProgramError("a value grew past the sandbox's bound")
+    return value
+
+
+def _evaluate(node: ast.expr, variables: dict[str, float]):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
+            and not isinstance(node.value, bool):
+        return _checked(node.value)
+    if isinstance(node, ast.Name):
+        if node.id not in variables:
+            raise ProgramError(f"{node.id} is used before it is set")
+        return variables[node.id]
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _evaluate(node.left, variables), _evaluate(node.right, variables)
+        try:
+            return _checked(_BINARY[type(node.op)](left, right))
+        except ZeroDivisionError:
+            raise ProgramError("division by zero") from None
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _checked(_UNARY[type(node.op)](_evaluate(node.operand, variables)))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+            and node.func.id in _FUNCTIONS and not node.keywords and 1 <= len(node.args) <= 4:
+        arguments = [_evaluate(a, variables) for a in node.args]
+        try:
+            return _checked(_FUNCTIONS[node.func.id](*arguments))
+        except (TypeError, ValueError) as error:
+            raise ProgramError(f"{node.func.id}: {error}") from None
+    raise ProgramError(f"line {getattr(node, 'lineno', '?')}: the sandbox does not run "
+                       f"{type(node).__name__}")

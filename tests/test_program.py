@@ -1,0 +1,98 @@
+import pytest
+
+from conftest import embedded_installed
+from corea.costs import default_price
+from corea.models import GenerationConfig, load_model
+from corea.program import (PROGRAM_SYSTEM_PROMPT, ProgramAidedModel, ProgramError, extract_code,
+                           finish_reply, program_messages, run_program)
+from corea.protocol import SYSTEM_PROMPT, build_messages, parse_reply
+
+NOTEBOOK_REPLY = """```python
+pencils = 83
+pencils += 30
+pencils -= 17
+pencils -= 66
+pencils += 41
+print(pencils)
+# Confidence: 0.95
+```
+```output
+41
+```
+The final answer is 41."""
+
+
+def test_a_program_runs_step_by_step():
+    assert run_program("eggs = 108\neggs //= 3\neggs -= 33\neggs *= 2\nprint(eggs)") == 6
+    assert run_program("a = 3 * 4\nb = a - 2") == 10  # no print: the last assignment
+    assert run_program("x = round(7 / 2)\ny = max(x, 10) % 4\nprint(-y + abs(-1))") == -1
+    assert run_program('"""the total"""\nx = y = 2\nprint(x + y)') == 4
+
+
+def test_the_reply_reads_the_programs_answer_not_the_models_own_arithmetic():
+    # The model's invented output block says 41; the program computes 71.
+    assert extract_code(NOTEBOOK_REPLY).startswith("pencils = 83")
+    parsed = parse_reply(finish_reply(NOTEBOOK_REPLY))
+    assert (parsed.answer, parsed.confidence, parsed.format_ok) == ("71", 0.95, True)
+    # A bare program with its Confidence line outside any block runs too.
+    assert parse_reply(finish_reply("x = 2.5 * 4\nprint(x)\nConfidence: 0.8")).answer == "10"
+
+
+@pytest.mark.parametrize("code, reason", [
+    ("import os\nprint(1)", "only assignments and print"),
+    ("x = __import__('os').system('true')", "does not run"),
+    ("x = (1).__class__", "does not run"),
+    ("x = 2 ** 10", "does not run"),
+    ("x = 10 ** 3", "does not run"),
+    ("x = 9\nx *= x\nx *= x\nx *= x\nx *= x\nx *= x", "bound"),
+    ("x = 1 / 0", "division by zero"),
+    ("print(y)", "before it is set"),
+    ("x = 'text'", "does not run"),
+    ("x = min(3)", "min"),
+    ("def f():\n    return 1", "only assignments and print"),
+    ("x = [1, 2]", "does not run"),
+    ("", "computes nothing"),
+    ("x = (", "not a program"),
+    ("x.y = 2", "only plain variables"),
+])
+def test_the_sandbox_refuses_what_is_not_arithmetic(code, reason):
+    with pytest.raises(ProgramError, match=reason):
+        run_program(code)
+
+
+def test_a_reply_whose_program_fails_keeps_no_answer_of_its_own_making():
+    reply = "```python\nimport os\nprint(4)\n```\nConfidence: 0.9"
+    assert finish_reply(reply) == reply
+    assert parse_reply(finish_reply(reply)).format_ok is False
+
+
+def test_the_program_prompt_replaces_coreas_prompt_and_its_examples():
+    messages = program_messages(build_messages("What is 2 + 3?", hint="Give a number."))
+    assert messages[0] == {"role": "system", "content": PROGRAM_SYSTEM_PROMPT}
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[-1]["content"] == "What is 2 + 3?\nGive a number."
+    assert SYSTEM_PROMPT not in str(messages)
+
+
+def test_program_specs_load_wrapped_and_cost_their_models_price(tiny_model_dir):
+    model = load_model(f"program:{tiny_model_dir}")
+    assert isinstance(model, ProgramAidedModel)
+    assert model.name == f"program:{model.inner.name}"
+    generation = model.generate([build_messages("What is 2 + 3?")],
+                                GenerationConfig(max_new_tokens=4))[0]
+    assert generation.completion_tokens > 0 and generation.token_logprobs is None
+    assert default_price("program:qwen2.5-coder-1.5b") == default_price("qwen2.5-coder-1.5b")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.skipif(not embedded_installed("qwen"), reason="embedded LLM not installed")
+def test_the_embedded_llm_answers_by_program():
+    model = load_model("program:qwen", backend="llama.cpp")
+    question = ("Chloe has 83 pencils. Then Chloe finds 30 more pencils. Then Chloe gives away 17 "
+                "pencils. Then Chloe gives away 66 pencils. Then Chloe finds 41 more pencils. How "
+                "many pencils does Chloe have now?")
+    reply = model.generate([build_messages(question, hint="Give the final answer as a number.")],
+                           GenerationConfig(max_new_tokens=200))[0]
+    assert "```output" not in reply.text
+    assert parse_reply(reply.text).answer == "71", reply.text
