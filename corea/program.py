@@ -113,12 +113,16 @@ def finish_reply(reply: str) -> str:
     return f"{reply.rstrip()}\nAnswer: {format_number(value)}"
 
 
+def is_question_prompt(messages: list[dict]) -> bool:
+    """Whether `messages` ask a question in corea's format (what program mode rewrites)."""
+    return bool(messages) and messages[0] == {"role": "system", "content": SYSTEM_PROMPT}
+
+
 def program_messages(messages: list[dict]) -> list[dict]:
     """corea's chat messages turned into a request for a program: the program prompt instead of
     corea's system prompt, and no worked examples (they show prose answers)."""
     question = [m for m in messages if m["role"] == "user"][-1]
-    system = [m for m in messages if m["role"] == "system" and m["content"] != SYSTEM_PROMPT]
-    return [{"role": "system", "content": PROGRAM_SYSTEM_PROMPT}, *system, question]
+    return [{"role": "system", "content": PROGRAM_SYSTEM_PROMPT}, question]
 
 
 class ProgramAidedModel(Model):
@@ -140,11 +144,18 @@ class ProgramAidedModel(Model):
         return replace(config, stop=(*config.stop, OUTPUT_BLOCK))
 
     def generate(self, conversations, config=GenerationConfig()):
-        replies = self.inner.generate([program_messages(c) for c in conversations],
-                                      self._config(config))
-        return [self._finish(reply) for reply in replies]
+        # Only questions in corea's format are asked for programs; any other request (a strategy
+        # for the memory to store) goes to the model as it is.
+        asked = [is_question_prompt(c) for c in conversations]
+        replies = self.inner.generate(
+            [program_messages(c) if a else c for c, a in zip(conversations, asked)],
+            self._config(config))
+        return [self._finish(r) if a else r for r, a in zip(replies, asked)]
 
     def stream(self, messages, config=GenerationConfig()) -> Iterator[Generation]:
+        if not is_question_prompt(messages):
+            yield from self.inner.stream(messages, config)
+            return
         for snapshot in self.inner.stream(program_messages(messages), self._config(config)):
             yield self._finish(snapshot) if snapshot.done else snapshot
 

@@ -84,6 +84,14 @@ def test_program_specs_load_wrapped_and_cost_their_models_price(tiny_model_dir):
     assert default_price("program:qwen2.5-coder-1.5b") == default_price("qwen2.5-coder-1.5b")
 
 
+def test_requests_that_are_not_questions_reach_the_model_unchanged(tiny_model):
+    # The memory asks the large model for a strategy in prose: no program prompt, no answer line.
+    request = [{"role": "user", "content": "Write a general strategy for sharing problems."}]
+    config = GenerationConfig(max_new_tokens=6)
+    wrapped = ProgramAidedModel(tiny_model).generate([request], config)[0]
+    assert wrapped.text == tiny_model.generate([request], config)[0].text
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.skipif(not embedded_installed("qwen"), reason="embedded LLM not installed")
