@@ -9,6 +9,12 @@ sweep of every router and threshold against question-level routing and the LLM a
     # 3. the sweep, the step-* trace tables and benchmarks/STEP_ROUTING.md (no model runs)
     python benchmarks/step_routing.py report --task arith-mix --task svamp --task gsm8k
 
+`--llm program:qwen` measures the same SLM steps against the LLM answering by program
+(corea.program): steps 2 and 3 then write `step-llm-program-*.jsonl` and
+`STEP_ROUTING_PROGRAM.md`. A program LLM takes over from the question alone, so its reply after
+any handoff is its reply to the question, read from `qwen-program-TASK.jsonl` (run live only where
+the SLM's steps left it less token budget than that reply took).
+
 With one switch per question (the LLM, once called, writes the rest: `max_switches: 1,
 llm_steps: 0`), a step-routed reply is fixed by the SLM's own steps and the step where the router
 first refuses one, so every router and threshold is read off these two tables
@@ -49,8 +55,25 @@ def slm_path(task: str, split: str = "test") -> Path:
                      else f"step-slm-{task}-train.jsonl")
 
 
-def llm_path(task: str) -> Path:
-    return TRACES / f"step-llm-{task}.jsonl"
+def llm_variant(llm: str) -> str:
+    """"" for the embedded LLM, "program" for it answering by program; nothing else is
+    benchmarked here."""
+    from corea.program import base_spec, is_program_spec
+
+    if embedded.resolve_embedded(base_spec(llm)) is not embedded.resolve_embedded(LLM):
+        raise SystemExit(f"--llm: {llm!r} is not the embedded LLM ({LLM}) or program:{LLM}")
+    return "program" if is_program_spec(llm) else ""
+
+
+def llm_path(task: str, llm: str = LLM) -> Path:
+    variant = llm_variant(llm)
+    return TRACES / f"step-llm-{variant + '-' if variant else ''}{task}.jsonl"
+
+
+def llm_alone_path(task: str, llm: str = LLM) -> Path:
+    """The LLM's committed plain trace of the task (greedy, the same prompt and budget)."""
+    variant = llm_variant(llm)
+    return TRACES / f"{LLM}-{variant + '-' if variant else ''}{task}.jsonl"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -123,25 +146,39 @@ def needed_handoffs(slm_rows: list[dict], points: int) -> list[tuple[str, int]]:
     return unique
 
 
-def run_llm(task_name: str, limit: int, minutes: float, points: int) -> None:
+def run_llm(task_name: str, limit: int, minutes: float, points: int, llm: str = LLM) -> None:
+    from corea.program import is_program_spec
+
     task = get_task(task_name)
     slm_rows = read_jsonl(slm_path(task_name))[:limit]
-    out = llm_path(task_name)
+    out = llm_path(task_name, llm)
     done = {(row["id"], row["k"]) for row in read_jsonl(out)}
     todo = [pair for pair in needed_handoffs(slm_rows, points) if pair not in done]
     print(f"{task_name}: {len(done)} continuations done, {len(todo)} to go", flush=True)
     # The LLM alone is its continuation of an empty reply: the same prompt, so a committed
     # LLM-alone trace of the task (greedy, same prompt and budget) gives those rows for free.
-    alone = {row["id"]: row for row in read_jsonl(TRACES / f"{LLM}-{task_name}.jsonl")}
-    for question_id, k in [pair for pair in todo if pair[1] == 0 and pair[0] in alone]:
+    # A program LLM asks the same question after any handoff: its reply there is that row too,
+    # wherever it fits in the token budget the SLM's kept steps leave.
+    source = llm_alone_path(task_name, llm)
+    alone = {row["id"]: row for row in read_jsonl(source)}
+    by_id = {row["id"]: row for row in slm_rows}
+
+    def same_call(question_id: str, k: int) -> bool:
+        if question_id not in alone:
+            return False
+        if k == 0:
+            return True
+        kept = sum(call["completion_tokens"] for call in by_id[question_id]["calls"][:k])
+        return is_program_spec(llm) and \
+            alone[question_id]["completion_tokens"] < MAX_NEW_TOKENS - kept
+    for question_id, k in [pair for pair in todo if same_call(*pair)]:
         row = alone[question_id]
-        append(out, {"id": question_id, "k": 0, "model": row["model"], "text": row["output"],
+        append(out, {"id": question_id, "k": k, "model": row["model"], "text": row["output"],
                      "prompt_tokens": row["prompt_tokens"],
                      "completion_tokens": row["completion_tokens"],
-                     "latency_s": row["latency_s"], "from": f"{LLM}-{task_name}.jsonl"})
-    todo = [pair for pair in todo if not (pair[1] == 0 and pair[0] in alone)]
-    model = get_model(LLM)
-    by_id = {row["id"]: row for row in slm_rows}
+                     "latency_s": row["latency_s"], "from": source.name})
+    todo = [pair for pair in todo if not same_call(*pair)]
+    model = get_model(llm)
     config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS)
     deadline = time.perf_counter() + minutes * 60
     for number, (question_id, k) in enumerate(todo, 1):
@@ -170,7 +207,7 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def evaluate(task_name: str, points: int) -> dict | None:
+def evaluate(task_name: str, points: int, llm: str = LLM) -> dict | None:
     """Every router x threshold on the questions that have all their continuations, with the
     question-level cascade and the LLM alone on the same questions."""
     from corea.checking import is_correct
@@ -179,12 +216,13 @@ def evaluate(task_name: str, points: int) -> dict | None:
 
     task = get_task(task_name)
     slm_rows = read_jsonl(slm_path(task_name))
-    continuations = {(row["id"], row["k"]): row for row in read_jsonl(llm_path(task_name))}
+    continuations = {(row["id"], row["k"]): row
+                     for row in read_jsonl(llm_path(task_name, llm))}
     if not slm_rows or not continuations:
         return None
     llm_name = next(iter(continuations.values()))["model"]
     llm_price = default_price(llm_name)
-    llm_params = embedded.resolve_embedded(llm_name).params_billion
+    llm_params = embedded.resolve_embedded(LLM).params_billion
     found = routers()
     grids = {name: thresholds_for(router, slm_rows, points) for name, router in found.items()}
 
@@ -266,16 +304,18 @@ def main(argv=None) -> int:
     parser.add_argument("--points", type=int, default=11, help="thresholds per router")
     parser.add_argument("--slm", help="the SLM that writes the steps: a model name or an adapter "
                                       "folder (default: the default SLM of ask and serve)")
+    parser.add_argument("--llm", default=LLM, help=f"llm/report: {LLM} (default) or "
+                                                   f"program:{LLM}, answering by program")
     args = parser.parse_args(argv)
     for task in args.task:
         if args.command == "slm":
             run_slm(task, args.split, args.limit, slm=args.slm)
         elif args.command == "llm":
-            run_llm(task, args.limit, args.minutes, args.points)
+            run_llm(task, args.limit, args.minutes, args.points, args.llm)
         else:
             from benchmarks.step_report import write_report  # noqa: PLC0415
 
-            write_report(args.task, args.points)
+            write_report(args.task, args.points, args.llm)
             break
     return 0
 

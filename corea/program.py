@@ -152,6 +152,16 @@ class ProgramAidedModel(Model):
             self._config(config))
         return [self._finish(r) if a else r for r, a in zip(replies, asked)]
 
+    def continue_reply(self, messages, prefix, config=GenerationConfig(), step_end=None):
+        """Taking over a reply (step-level routing): the program is written whole, from the
+        question alone. The prose so far is not given to it, since a program recomputes every
+        step and prose is no program; so the call, and what it costs, are those of answering the
+        question afresh, and a step's end does not apply (a program is one step). The text so
+        far stays before the program in the reply; the program's `Answer:` line is the last."""
+        if not is_question_prompt(messages):
+            return self.inner.continue_reply(messages, prefix, config, step_end)
+        return self.generate([messages], config)[0]
+
     def stream(self, messages, config=GenerationConfig()) -> Iterator[Generation]:
         if not is_question_prompt(messages):
             yield from self.inner.stream(messages, config)

@@ -104,3 +104,41 @@ def test_the_embedded_llm_answers_by_program():
                            GenerationConfig(max_new_tokens=200))[0]
     assert "```output" not in reply.text
     assert parse_reply(reply.text).answer == "71", reply.text
+
+
+def test_a_program_llm_takes_over_a_step_routed_reply_as_if_asked_afresh(tiny_model_dir,
+                                                                         tmp_path):
+    from corea.costs import Price
+    from corea.models import TransformersModel
+    from corea.steps import StepConfig, StepRouter, Writer, replay_handoff
+    from tiny import build_tiny_model
+
+    class KeepFirst:  # keeps the SLM's first step and refuses the next
+        kind = "fixed"
+
+        def score(self, features):
+            return 1.0 if features["index"] == 0 else 0.0
+
+    slm = TransformersModel(tiny_model_dir, name="tiny-slm", logprobs=True)
+    llm = ProgramAidedModel(TransformersModel(build_tiny_model(tmp_path / "llm", seed=1),
+                                              name="tiny-llm"))
+    config = GenerationConfig(max_new_tokens=40, temperature=1.0, seed=0)
+    messages = build_messages("What is 17 * 3?", few_shot=False)
+    reply = StepRouter(Writer(slm, Price(1.0, 3.0)), Writer(llm, Price(10.0, 30.0)), 0.5,
+                       StepConfig(delimiters=(" ",)), config, router=KeepFirst()).run(messages)
+    assert reply.switches == 1 and reply.steps[0]["model"] == "tiny-slm"
+    kept = reply.calls[0]["completion_tokens"]
+    alone = llm.generate([messages], GenerationConfig(max_new_tokens=40 - kept,
+                                                      temperature=1.0, seed=0))[0]
+    # The LLM's part is its answer to the question alone, billed as that call.
+    assert reply.text == reply.steps[0]["text"] + alone.text
+    assert reply.calls[-1]["prompt_tokens"] == alone.prompt_tokens
+    row = {"id": "q", "task": "t", "split": "test", "question": "What is 17 * 3?", "gold": "51",
+           "model": "tiny-slm", "steps": reply.steps[:1] + [{"text": "x", "confidence": 0.0}],
+           "calls": reply.calls[:2]}
+    replayed = replay_handoff(row, 1, {"text": alone.text, "prompt_tokens": alone.prompt_tokens,
+                                       "completion_tokens": alone.completion_tokens,
+                                       "latency_s": 0.0},
+                              llm_name=llm.name, llm_price=Price(10.0, 30.0), llm_params=None)
+    assert replayed["output"] == reply.text
+    assert replayed["cost"] == pytest.approx(reply.totals()["cost"])
