@@ -178,13 +178,14 @@ def run_llm(task_name: str, limit: int, minutes: float, points: int, llm: str = 
                      "completion_tokens": row["completion_tokens"],
                      "latency_s": row["latency_s"], "from": source.name})
     todo = [pair for pair in todo if not same_call(*pair)]
-    model = get_model(llm)
+    model = None
     config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS)
     deadline = time.perf_counter() + minutes * 60
     for number, (question_id, k) in enumerate(todo, 1):
         if time.perf_counter() > deadline:
             print("time is up; run again to go on", flush=True)
             return
+        model = model or get_model(llm)
         row = by_id[question_id]
         prefix = "".join(step["text"] for step in row["steps"][:k])
         kept_tokens = sum(call["completion_tokens"] for call in row["calls"][:k])

@@ -392,3 +392,28 @@ def test_step_report_separates_methods_by_their_gain_over_the_llm():
     assert cheapest_of(chosen, "step", -0.10)["cost"] == 8.0
     assert cheapest_of(chosen, "question", -0.10) is None
     assert cheapest_of(chosen, "question", -0.05)["cost"] == 1.0
+
+
+def test_a_program_llms_handoffs_are_read_from_its_own_table(tmp_path, monkeypatch):
+    # A program LLM is asked the question afresh after any handoff: the same greedy call as its
+    # plain table's row, wherever that reply fits in the budget the SLM's kept steps leave.
+    import benchmarks.step_routing as bench
+
+    committed = bench.TRACES
+    slm_rows = bench.read_jsonl(committed / "step-slm-arith-mix.jsonl")[:3]
+    alone = {row["id"]: row for row in bench.read_jsonl(committed / "qwen-program-arith-mix.jsonl")}
+    alone = [alone[row["id"]] for row in slm_rows]
+    alone[2] = {**alone[2], "completion_tokens": bench.MAX_NEW_TOKENS}  # fits only with no steps
+    for name, rows in (("step-slm-arith-mix.jsonl", slm_rows),
+                       ("qwen-program-arith-mix.jsonl", alone)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(bench, "TRACES", tmp_path)
+    bench.run_llm("arith-mix", 3, minutes=0, points=3, llm="program:qwen")  # no model runs
+    written = bench.read_jsonl(tmp_path / "step-llm-program-arith-mix.jsonl")
+    needed = set(bench.needed_handoffs(slm_rows, 3))
+    assert {(r["id"], r["k"]) for r in written} == {
+        (i, k) for i, k in needed if i != slm_rows[2]["id"] or k == 0}
+    by_id = {row["id"]: row for row in alone}
+    assert all(r["text"] == by_id[r["id"]]["output"] and r["from"] == "qwen-program-arith-mix.jsonl"
+               for r in written)
+    assert any(k > 0 for _, k in needed)
