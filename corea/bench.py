@@ -519,6 +519,52 @@ def serving_lines(results: Path = RESULTS_DIR) -> list[str]:
     return lines
 
 
+PROGRAM_SECTION = "## The LLM answering by program"
+
+
+def program_llm_lines(results: Path = RESULTS_DIR) -> list[str]:
+    """The shipped SLM in front of the LLM answering plainly and by program (corea.program),
+    read from the results benchmarks/program_llm.py writes."""
+    import json
+
+    path = results / "program_llm.json"
+    if not path.is_file():
+        return []
+    result = json.loads(path.read_text())
+
+    def best(entry):
+        point = entry["best_within_2pt"]
+        return "none" if point is None else (
+            f"{_pct(point['saving'])} (acc {_pct(point['accuracy'])}, "
+            f"{_pct(point['llm_share'])} to the LLM)")
+
+    def held_out(entry):
+        check = entry["holdout"]
+        return "none" if check is None else (
+            f"loses {100 * check['test_loss']:+.1f} pts, saves {_pct(check['test_saving'])}")
+
+    lines = [PROGRAM_SECTION, "",
+             f"From `{result['command']}` ({result['date']}, {result['machine']}), no model "
+             "runs: the committed tables of the shipped SLM (read on the signal it is served "
+             "with) and of the embedded LLM asked plainly (`qwen-TASK.jsonl`) and by program "
+             "(`program:qwen`, `qwen-program-TASK.jsonl`: it writes one assignment per sentence "
+             "and corea runs the program), on the same questions. Saving: of the cost of that "
+             "LLM alone, at the cheapest threshold within 2 points of its accuracy; held out: "
+             "that threshold chosen on two of every three questions, loss and saving on the "
+             "third.", "",
+             "| set | questions | SLM | LLM plain · by program (its cost vs plain) | LLM | "
+             "AUROC | best within 2 points | held out |", "|---|---|---|---|---|---|---|---|"]
+    for task in result["tasks"]:
+        for kind in ("plain", "program"):
+            entry = task[kind]
+            lines.append(
+                f"| {task['task']} | {task['questions']} | {_pct(task['slm_accuracy'])} | "
+                f"{_pct(task['plain']['accuracy'])} · {_pct(task['program']['accuracy'])} "
+                f"({_pct(task['program_cost_vs_plain'])}) | {kind} | {_num(entry['auroc'])} | "
+                f"{best(entry)} | {held_out(entry)} |")
+    return lines + [""]
+
+
 STEP_SECTION = "## Step-level routing"
 
 
@@ -634,6 +680,7 @@ def run_bench(plan: BenchPlan, command: str) -> Path:
         *protection_table(tables, pairs_by_dataset),
         *speed_section(plan),
         *serving_lines(),
+        *program_llm_lines(),
         *step_routing_lines(),
     ]
     plan.out.write_text("\n".join(lines) + "\n")

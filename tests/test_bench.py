@@ -268,3 +268,43 @@ def test_slm_comparison_reads_each_model_as_served(tmp_path, monkeypatch):
                                         "kept_right": 6, "deferred_share": 0.4}
     with pytest.raises(Exception, match="LABEL=PREFIX:SIGNAL"):
         compare_slms.parse_slm("no-prefix")
+
+
+def test_program_llm_section_measures_both_llms_on_the_same_questions(tmp_path, monkeypatch):
+    import benchmarks.program_llm as program_llm
+
+    from corea.bench import PROGRAM_SECTION, program_llm_lines
+
+    def table(name, rows):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def row(i, model, correct, cost, confidence=1.0):
+        return {"id": f"q{i}", "task": "t", "question": f"q{i}?", "gold": "1", "model": model,
+                "output": "Answer: 1", "answer": "1", "confidence": confidence,
+                "format_ok": True, "correct": correct, "prompt_tokens": 1,
+                "completion_tokens": 1, "cost": cost, "latency_s": 0.1}
+
+    # The SLM is sure and right on q0-q5, unsure and wrong on q6-q11; the plain LLM is right on
+    # half, the program LLM on all; q12 is missing from the program table and is left out.
+    table("smollm2-calibrated-t.jsonl", [row(i, "slm", i < 6, 1.0, 0.9 if i < 6 else 0.1)
+                                         for i in range(13)])
+    table("qwen-t.jsonl", [row(i, "qwen", i % 2 == 0, 10.0) for i in range(13)])
+    table("qwen-program-t.jsonl", [row(i, "program:qwen", True, 8.0) for i in range(12)])
+    measured = program_llm.measure("t", traces=tmp_path)
+    assert measured["questions"] == 12 and measured["signal"] == "verbalized"
+    assert (measured["plain"]["accuracy"], measured["program"]["accuracy"]) == (0.5, 1.0)
+    assert measured["program_cost_vs_plain"] == pytest.approx(0.8)
+    # Keeping the six sure answers loses nothing against the program LLM and skips half its
+    # calls: (12 x 1 + 6 x 8) / (12 x 8) of its cost.
+    best = measured["program"]["best_within_2pt"]
+    assert best["accuracy"] == 1.0 and best["saving"] == pytest.approx(1 - 60 / 96)
+    assert program_llm.measure("missing", traces=tmp_path) is None
+
+    (tmp_path / "program_llm.json").write_text(json.dumps({
+        "command": "python benchmarks/program_llm.py --task t", "date": "2025-01-01",
+        "machine": "x86_64, 2 CPU cores", "tasks": [measured]}))
+    lines = program_llm_lines(tmp_path)
+    assert lines[0] == PROGRAM_SECTION
+    program_row = next(line for line in lines if "| program |" in line)
+    assert "37.5% (acc 100.0%, 50.0% to the LLM)" in program_row
+    assert program_llm_lines(tmp_path / "none") == []
