@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import time
@@ -36,19 +35,18 @@ sys.path.insert(0, str(ROOT))
 from corea.checking import is_correct  # noqa: E402
 from corea.memory import Strategy, get_embedder, notes_block, slm_messages  # noqa: E402
 from corea.models import get_model  # noqa: E402
-from corea.protocol import build_messages, parse_reply  # noqa: E402
+from corea.protocol import build_messages, parse_reply, without_confidence  # noqa: E402
 from corea.tasks import get_task  # noqa: E402
 from corea.traces import read_trace  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "memory" / "context-forms.json"
-_CONFIDENCE_LINE = re.compile(r"(?im)^\s*confidence\s*:.*$")
 
 
 def with_context(form: str, question: str, hint: str | None, solved: dict,
                  few_shot: bool) -> list[dict]:
     """The SLM's messages for `question`, with the LLM's solved neighbour in `form`."""
     if form in ("notes", "notes_first"):
-        worked = _CONFIDENCE_LINE.sub("", solved["output"]).strip()
+        worked = without_confidence(solved["output"]).strip()
         note = Strategy(0, "probe", solved["question"], worked, None, solved["model"], 0, 0)
         if form == "notes":
             return slm_messages(question, hint, [note], few_shot, with_problem=True)

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Iterator
 
 from corea.models import Generation, GenerationConfig, Model
-from corea.protocol import _CONFIDENCE_LINE, SYSTEM_PROMPT
+from corea.protocol import SYSTEM_PROMPT, without_confidence
 
 PREFIX = "program:"
 
@@ -54,7 +54,7 @@ def extract_code(reply: str) -> str:
     for language, code in _FENCED.findall(reply or ""):
         if language.lower() in ("", "python", "py", "python3"):
             return code
-    return _CONFIDENCE_LINE.sub("", reply or "")
+    return without_confidence(reply)
 
 
 def run_program(code: str) -> float:

@@ -126,6 +126,11 @@ def parse_reply(text: str) -> ParsedReply:
     )
 
 
+def without_confidence(text: str) -> str:
+    """`text` with its Confidence lines emptied (a reply shown as an example, or read as code)."""
+    return _CONFIDENCE_LINE.sub("", text or "")
+
+
 def answer_span(text: str) -> tuple[int, int] | None:
     """Where the final answer's value stands in `text` (start, end), for token-level signals."""
     matches = list(_ANSWER_LINE.finditer(text or ""))
