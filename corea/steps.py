@@ -46,7 +46,8 @@ from pathlib import Path
 from corea import embedded
 from corea.costs import Price
 from corea.models import Generation, GenerationConfig, Model, ModelError
-from corea.signals import answer_probability
+from corea.protocol import confidence_span
+from corea.signals import answer_probability, verbalized_mean
 
 DELIMITERS = ("\n", ". ")
 ROUTERS = ("threshold", "gmm", "learned")
@@ -139,8 +140,11 @@ def step_features(text: str, token_logprobs, *, index: int, cut: bool,
                 "answer_line": answer_line,
                 # a sentence the reply already holds: the small model going round in a loop
                 "repeat": bool(text.strip()) and text.strip() in previous}
-    if answer_line:  # the question-level token signal, for comparing with question-level routing
+    # The question-level token signals, for comparing with question-level routing.
+    if answer_line:
         features["answer_probability"] = answer_probability(text, token_logprobs)
+    if confidence_span(text) is not None:
+        features["verbalized_mean"] = verbalized_mean(text, token_logprobs)
     return features
 
 
@@ -595,6 +599,8 @@ def slm_step_row(example, task, split: str, model_name: str, reply: StepReply) -
     parsed = parse_reply(reply.text)
     totals = reply.totals()
     answers = [s for s in reply.steps if (s.get("features") or {}).get("answer_line")]
+    stated = [s["features"]["verbalized_mean"] for s in reply.steps
+              if (s.get("features") or {}).get("verbalized_mean") is not None]
     return {
         "id": example.id, "task": task.name, "split": split, "question": example.question,
         "gold": example.gold, "model": model_name, "output": reply.text,
@@ -605,6 +611,7 @@ def slm_step_row(example, task, split: str, model_name: str, reply: StepReply) -
         "latency_s": round(totals["latency_s"], 4),
         "answer_probability": answers[-1]["features"].get("answer_probability") if answers
         else None,
+        "verbalized_mean": stated[-1] if stated else None,
         **({"meta": example.meta} if example.meta else {}),
         "steps": reply.steps, "calls": reply.calls, "cut_steps": reply.cut_steps,
     }

@@ -323,6 +323,30 @@ def test_llama_cpp_continues_a_prefix_and_stops_at_the_step_end():
     assert second.prompt_tokens > first.prompt_tokens  # the prefix is read as prompt
 
 
+@pytest.mark.skipif(not embedded_installed("smollm2"), reason="embedded SmolLM2 not installed")
+def test_a_step_trace_carries_the_stated_confidence_signal_of_its_reply(tmp_path):
+    # The served question-level signal (verbalized_mean), read off the confidence step, is the
+    # one the whole reply gives when it is written in one go: the same text, and the same
+    # distribution over the digits up to llama.cpp's arithmetic (a paused generation evaluates
+    # the prefix in other batches; about 0.01 apart here).
+    pytest.importorskip("llama_cpp")
+    from corea.models import get_model
+    from corea.signals import verbalized_mean
+
+    model = get_model("smollm2-135m-calibrated", logprobs=True)  # it states a confidence
+    data = tmp_path / "qs.jsonl"
+    question = "Maya has 9 shells. Then the number of shells Maya has doubles. How many now?"
+    data.write_text(json.dumps({"id": "q0", "question": question, "answer": "18"}) + "\n")
+    task = get_task(str(data), ColumnMapping(id="id"))
+    row = run_step_trace(Writer(model, SLM_PRICE), task, tmp_path / "slm.jsonl", progress=None)[0]
+    whole = model.generate([build_messages(row["question"], hint=task.hint,
+                                           few_shot=model.few_shot)])[0]
+    assert whole.text.startswith(row["output"].rstrip())
+    assert row["verbalized_mean"] is not None
+    assert row["verbalized_mean"] == pytest.approx(
+        verbalized_mean(whole.text, whole.token_logprobs), abs=0.05)
+
+
 # --------------------------------------------------------------------------------- the Ask tab
 
 def test_ask_tab_colours_each_step_by_its_writer(tiny_model_dir, tmp_path):
