@@ -37,8 +37,8 @@ from corea import embedded  # noqa: E402
 from corea.costs import default_price  # noqa: E402
 from corea.models import GenerationConfig, get_model  # noqa: E402
 from corea.protocol import build_messages  # noqa: E402
-from corea.steps import (ThresholdRouter, Writer, handoff_step, load_router,  # noqa: E402
-                         replay_handoff, run_step_trace)
+from corea.steps import (DEFAULT_ROUTER_DIR, ThresholdRouter, Writer, handoff_step,  # noqa: E402
+                         load_router, replay_handoff, run_step_trace)
 from corea.tasks import get_task  # noqa: E402
 
 TRACES = ROOT / "benchmarks" / "traces"
@@ -49,10 +49,20 @@ MAX_NEW_TOKENS = 320
 MAX_STEPS = 12
 
 
-def slm_path(task: str, split: str = "test") -> Path:
-    """The SLM's step trace; training-split traces (what the routers are fitted on) say so."""
-    return TRACES / (f"step-slm-{task}.jsonl" if split != "train"
-                     else f"step-slm-{task}-train.jsonl")
+def _tagged(*parts: str) -> str:
+    return "-".join(part for part in parts if part)
+
+
+def slm_path(task: str, split: str = "test", tag: str = "") -> Path:
+    """The SLM's step trace; training-split traces (what the routers are fitted on) say so.
+    `tag` names another SLM's tables beside the first one's (`--slm-tag`)."""
+    return TRACES / (f"{_tagged('step-slm', tag, task)}.jsonl" if split != "train"
+                     else f"{_tagged('step-slm', tag, task)}-train.jsonl")
+
+
+def router_dir(tag: str = "") -> Path:
+    """Where the fitted routers of the tagged SLM are (`python -m training router --out`)."""
+    return DEFAULT_ROUTER_DIR.with_name(_tagged(DEFAULT_ROUTER_DIR.name, tag))
 
 
 def llm_variant(llm: str) -> str:
@@ -65,15 +75,14 @@ def llm_variant(llm: str) -> str:
     return "program" if is_program_spec(llm) else ""
 
 
-def llm_path(task: str, llm: str = LLM) -> Path:
-    variant = llm_variant(llm)
-    return TRACES / f"step-llm-{variant + '-' if variant else ''}{task}.jsonl"
+def llm_path(task: str, llm: str = LLM, tag: str = "") -> Path:
+    return TRACES / f"{_tagged('step-llm', llm_variant(llm), tag, task)}.jsonl"
 
 
 def llm_alone_path(task: str, llm: str = LLM) -> Path:
     """The LLM's committed plain trace of the task (greedy, the same prompt and budget)."""
     variant = llm_variant(llm)
-    return TRACES / f"{LLM}-{variant + '-' if variant else ''}{task}.jsonl"
+    return TRACES / f"{_tagged(LLM, variant, task)}.jsonl"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -91,11 +100,11 @@ def append(path: Path, row: dict) -> None:
 
 
 def run_slm(task_name: str, split: str | None, limit: int, out: Path | None = None,
-            slm: str | None = None) -> None:
+            slm: str | None = None, tag: str = "") -> None:
     task = get_task(task_name)
     split = split or task.default_split
     model = get_model(slm or embedded.default_slm(), logprobs=True)
-    out = out or slm_path(task_name, split)
+    out = out or slm_path(task_name, split, tag)
     written = {row["model"] for row in read_jsonl(out)}
     if written - {model.name}:
         raise SystemExit(f"{out} holds steps of {', '.join(sorted(written))}, not {model.name}: "
@@ -105,11 +114,11 @@ def run_slm(task_name: str, split: str | None, limit: int, out: Path | None = No
                    progress=lambda line: print(line, flush=True))
 
 
-def routers() -> dict[str, object]:
+def routers(tag: str = "") -> dict[str, object]:
     found = {"threshold": ThresholdRouter("mean_prob")}
     for kind in ("gmm", "learned"):
         try:
-            found[kind] = load_router(kind)
+            found[kind] = load_router(kind, path=router_dir(tag) / f"{kind}.json")
         except ValueError as error:
             print(f"skipping the {kind} router: {error}", file=sys.stderr)
     return found
@@ -127,12 +136,12 @@ def thresholds_for(router, slm_rows: list[dict], points: int) -> list[float]:
     return sorted({0.0, *[round(p + 1e-4, 4) for p in picks], 1.01})
 
 
-def needed_handoffs(slm_rows: list[dict], points: int) -> list[tuple[str, int]]:
+def needed_handoffs(slm_rows: list[dict], points: int, tag: str = "") -> list[tuple[str, int]]:
     """(question id, handoff step) pairs, the most useful first: the LLM alone (step 0), then
     each router's handoffs at thresholds spread over its score range, coarse grid first."""
     order: list[tuple[str, int]] = [(row["id"], 0) for row in slm_rows]
     for grid in (5, points):
-        for name, router in routers().items():
+        for name, router in routers(tag).items():
             for threshold in thresholds_for(router, slm_rows, grid):
                 for row in slm_rows:
                     k = handoff_step(row["steps"], router, threshold)
@@ -146,14 +155,15 @@ def needed_handoffs(slm_rows: list[dict], points: int) -> list[tuple[str, int]]:
     return unique
 
 
-def run_llm(task_name: str, limit: int, minutes: float, points: int, llm: str = LLM) -> None:
+def run_llm(task_name: str, limit: int, minutes: float, points: int, llm: str = LLM,
+            tag: str = "") -> None:
     from corea.program import is_program_spec
 
     task = get_task(task_name)
-    slm_rows = read_jsonl(slm_path(task_name))[:limit]
-    out = llm_path(task_name, llm)
+    slm_rows = read_jsonl(slm_path(task_name, tag=tag))[:limit]
+    out = llm_path(task_name, llm, tag)
     done = {(row["id"], row["k"]) for row in read_jsonl(out)}
-    todo = [pair for pair in needed_handoffs(slm_rows, points) if pair not in done]
+    todo = [pair for pair in needed_handoffs(slm_rows, points, tag) if pair not in done]
     print(f"{task_name}: {len(done)} continuations done, {len(todo)} to go", flush=True)
     # The LLM alone is its continuation of an empty reply: the same prompt, so a committed
     # LLM-alone trace of the task (greedy, same prompt and budget) gives those rows for free.
@@ -208,23 +218,24 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def evaluate(task_name: str, points: int, llm: str = LLM) -> dict | None:
+def evaluate(task_name: str, points: int, llm: str = LLM, tag: str = "") -> dict | None:
     """Every router x threshold on the questions that have all their continuations, with the
     question-level cascade and the LLM alone on the same questions."""
     from corea.checking import is_correct
     from corea.metrics import join_traces, sweep_curve
     from corea.protocol import parse_reply
+    from corea.signals import has_column, with_signal
 
     task = get_task(task_name)
-    slm_rows = read_jsonl(slm_path(task_name))
+    slm_rows = read_jsonl(slm_path(task_name, tag=tag))
     continuations = {(row["id"], row["k"]): row
-                     for row in read_jsonl(llm_path(task_name, llm))}
+                     for row in read_jsonl(llm_path(task_name, llm, tag))}
     if not slm_rows or not continuations:
         return None
     llm_name = next(iter(continuations.values()))["model"]
     llm_price = default_price(llm_name)
     llm_params = embedded.resolve_embedded(LLM).params_billion
-    found = routers()
+    found = routers(tag)
     grids = {name: thresholds_for(router, slm_rows, points) for name, router in found.items()}
 
     def covered(row) -> bool:
@@ -286,7 +297,14 @@ def evaluate(task_name: str, points: int, llm: str = LLM) -> dict | None:
         question_level[signal] = [
             {"threshold": float(t), "accuracy": float(a), "cost": float(c)}
             for t, a, c in zip(curve.thresholds, curve.accuracy, curve.cost)]
-    return {"task": task_name, "questions": len(rows), "of": len(slm_rows),
+    if has_column(rows, "verbalized_mean"):
+        # The stated confidence's mean over its digits, through the SLM's Platt map where it
+        # ships one: what the cascade defers on when the shipped SLM is served.
+        curve = sweep_curve(join_traces(with_signal(rows, "verbalized_mean"), llm_alone))
+        question_level["verbalized_mean"] = [
+            {"threshold": float(t), "accuracy": float(a), "cost": float(c)}
+            for t, a, c in zip(curve.thresholds, curve.accuracy, curve.cost)]
+    return {"task": task_name, "tag": tag, "questions": len(rows), "of": len(slm_rows),
             "slm_model": rows[0]["model"], "llm_model": llm_name,
             "slm_accuracy": _mean(r["correct"] for r in rows),
             "slm_cost": _mean(r["cost"] for r in rows),
@@ -307,16 +325,19 @@ def main(argv=None) -> int:
                                       "folder (default: the default SLM of ask and serve)")
     parser.add_argument("--llm", default=LLM, help=f"llm/report: {LLM} (default) or "
                                                    f"program:{LLM}, answering by program")
+    parser.add_argument("--slm-tag", default="", help="another SLM's tables beside the first "
+                        "one's: step-slm-TAG-*.jsonl, routers in adapters/step-router-TAG, "
+                        "reports STEP_ROUTING*_TAG.md")
     args = parser.parse_args(argv)
     for task in args.task:
         if args.command == "slm":
-            run_slm(task, args.split, args.limit, slm=args.slm)
+            run_slm(task, args.split, args.limit, slm=args.slm, tag=args.slm_tag)
         elif args.command == "llm":
-            run_llm(task, args.limit, args.minutes, args.points, args.llm)
+            run_llm(task, args.limit, args.minutes, args.points, args.llm, args.slm_tag)
         else:
             from benchmarks.step_report import write_report  # noqa: PLC0415
 
-            write_report(args.task, args.points, args.llm)
+            write_report(args.task, args.points, args.llm, args.slm_tag)
             break
     return 0
 
