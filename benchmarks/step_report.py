@@ -39,13 +39,27 @@ def _pct(value) -> str:
 def _saving(point, llm_cost) -> str:
     if point is None:
         return "none"
-    return f"{100 * (1 - point['cost'] / llm_cost):.1f}% (t={_threshold(point['threshold'])}, " \
+    return f"{100 * (1 - point['cost'] / llm_cost):.1f}% (t={_thresholds(point)}, " \
            f"acc {_pct(point['accuracy'])})"
+
+
+def _thresholds(point: dict) -> str:
+    """The router's threshold, and the confidence step's after a slash where it has one."""
+    answer = point.get("answer_threshold")
+    return _threshold(point["threshold"]) + (f"/{_threshold(answer)}" if answer is not None
+                                             else "")
 
 
 def _threshold(value: float) -> str:
     # The sweep's first threshold sits just above 0 (keep every confidence but 0).
     return "0⁺" if 0 < value < 1e-6 else f"{value:.3g}"
+
+
+def _held_out_cell(check: dict) -> str:
+    shown = ", ".join("LLM alone" if t is None else
+                      "/".join(_threshold(x) for x in t) if isinstance(t, (list, tuple))
+                      else _threshold(t) for t in check["thresholds"])
+    return f"{100 * check['loss']:+.1f} pts, {_pct(check['saving'])} (t = {shown})"
 
 
 def task_section(result: dict) -> tuple[list[str], dict]:
@@ -80,14 +94,34 @@ def task_section(result: dict) -> tuple[list[str], dict]:
     methods = {f"question: {signal}": points
                for signal, points in result["question_level"].items()}
     methods.update({f"step: {name}": points for name, points in result["sweeps"].items()})
+    methods.update({f"step: {name}+answer": points
+                    for name, points in result.get("hybrids", {}).items()})
     chosen = {}
     for name, points in methods.items():
         cells = [cheapest_within(points, llm_accuracy, loss) for loss in LOSSES]
         chosen[name] = cells
         kind, key = name.split(": ", 1)
-        lines.append(f"| {kind} level, {ROUTER_NAMES.get(key, key)} | "
+        label = ROUTER_NAMES.get(key, key) if not key.endswith("+answer") else (
+            f"{ROUTER_NAMES[key.removesuffix('+answer')]} on the reasoning steps, the stated "
+            "confidence as served on the confidence step")
+        lines.append(f"| {kind} level, {label} | "
                      + " | ".join(_saving(c, llm_cost) for c in cells) + " |")
     lines.append("")
+    held_out = result.get("held_out") or {}
+    if held_out:
+        losses = list(next(iter(held_out["methods"].values())))
+        lines += [f"Held out ({held_out['folds']}-fold): each method's cheapest threshold (or "
+                  "pair) within a loss of the LLM alone, chosen on two of every three questions "
+                  "and applied to the third, the three ways round, so every question is answered "
+                  "at a threshold chosen without it; loss and saving over all "
+                  f"{held_out['questions']} questions (the three thresholds chosen in brackets):",
+                  "", "| method | " + " | ".join(f"chosen within {100 * float(loss):g} pts"
+                                                for loss in losses) + " |",
+                  "|---|" + "---|" * len(losses)]
+        for name, checks in held_out["methods"].items():
+            lines.append(f"| {name} | " + " | ".join(_held_out_cell(checks[loss])
+                                                      for loss in losses) + " |")
+        lines.append("")
     for name, points in result["sweeps"].items():
         lines += [f"**{ROUTER_NAMES[name]}**: every threshold swept", "",
                   "| threshold | accuracy | cost vs LLM | FLOPs vs LLM | LLM called | "

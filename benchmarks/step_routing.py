@@ -136,9 +136,12 @@ def thresholds_for(router, slm_rows: list[dict], points: int) -> list[float]:
     return sorted({0.0, *[round(p + 1e-4, 4) for p in picks], 1.01})
 
 
-def needed_handoffs(slm_rows: list[dict], points: int, tag: str = "") -> list[tuple[str, int]]:
+def needed_handoffs(slm_rows: list[dict], points: int, tag: str = "",
+                    every_step: bool = False) -> list[tuple[str, int]]:
     """(question id, handoff step) pairs, the most useful first: the LLM alone (step 0), then
-    each router's handoffs at thresholds spread over its score range, coarse grid first."""
+    each router's handoffs at thresholds spread over its score range, coarse grid first; with
+    `every_step` (free for a program LLM) then every step, which the routers that also read the
+    confidence step may pick."""
     order: list[tuple[str, int]] = [(row["id"], 0) for row in slm_rows]
     for grid in (5, points):
         for name, router in routers(tag).items():
@@ -147,6 +150,8 @@ def needed_handoffs(slm_rows: list[dict], points: int, tag: str = "") -> list[tu
                     k = handoff_step(row["steps"], router, threshold)
                     if k is not None:
                         order.append((row["id"], k))
+    if every_step:
+        order += [(row["id"], k) for row in slm_rows for k in range(len(row["steps"]))]
     seen, unique = set(), []
     for pair in order:
         if pair not in seen:
@@ -163,7 +168,8 @@ def run_llm(task_name: str, limit: int, minutes: float, points: int, llm: str = 
     slm_rows = read_jsonl(slm_path(task_name, tag=tag))[:limit]
     out = llm_path(task_name, llm, tag)
     done = {(row["id"], row["k"]) for row in read_jsonl(out)}
-    todo = [pair for pair in needed_handoffs(slm_rows, points, tag) if pair not in done]
+    todo = [pair for pair in needed_handoffs(slm_rows, points, tag, is_program_spec(llm))
+            if pair not in done]
     print(f"{task_name}: {len(done)} continuations done, {len(todo)} to go", flush=True)
     # The LLM alone is its continuation of an empty reply: the same prompt, so a committed
     # LLM-alone trace of the task (greedy, same prompt and budget) gives those rows for free.
@@ -286,6 +292,15 @@ def evaluate(task_name: str, points: int, llm: str = LLM, tag: str = "") -> dict
                 "rows": routed})
         sweeps[name] = points_out
 
+    hybrids = _answer_step_sweeps(rows, found, grids, points, continuations, replay)
+    # Per-question outcomes of every method at every threshold, for the held-out check.
+    outcomes = {f"step: {name}": [([bool(r["correct"]) for r in p["rows"]],
+                                   [r["cost"] for r in p["rows"]], p["threshold"])
+                                  for p in swept] for name, swept in sweeps.items()}
+    outcomes.update({f"step: {name}+answer": [(p.pop("correct"), p.pop("costs"),
+                                               (p["threshold"], p["answer_threshold"]))
+                                              for p in swept]
+                     for name, swept in hybrids.items()})
     question_level = {}
     for signal in ("verbalized", "answer_probability"):
         slm_signal = [{**row, "confidence": (row["confidence"] if signal == "verbalized"
@@ -297,20 +312,114 @@ def evaluate(task_name: str, points: int, llm: str = LLM, tag: str = "") -> dict
         question_level[signal] = [
             {"threshold": float(t), "accuracy": float(a), "cost": float(c)}
             for t, a, c in zip(curve.thresholds, curve.accuracy, curve.cost)]
+        outcomes[f"question: {signal}"] = _question_outcomes(pair, curve.thresholds)
     if has_column(rows, "verbalized_mean"):
         # The stated confidence's mean over its digits, through the SLM's Platt map where it
         # ships one: what the cascade defers on when the shipped SLM is served.
-        curve = sweep_curve(join_traces(with_signal(rows, "verbalized_mean"), llm_alone))
+        pair = join_traces(with_signal(rows, "verbalized_mean"), llm_alone)
+        curve = sweep_curve(pair)
         question_level["verbalized_mean"] = [
             {"threshold": float(t), "accuracy": float(a), "cost": float(c)}
             for t, a, c in zip(curve.thresholds, curve.accuracy, curve.cost)]
+        outcomes["question: verbalized_mean"] = _question_outcomes(pair, curve.thresholds)
+    held_out = _held_out(outcomes, [r["correct"] for r in llm_alone],
+                         [r["cost"] for r in llm_alone])
     return {"task": task_name, "tag": tag, "questions": len(rows), "of": len(slm_rows),
             "slm_model": rows[0]["model"], "llm_model": llm_name,
             "slm_accuracy": _mean(r["correct"] for r in rows),
             "slm_cost": _mean(r["cost"] for r in rows),
             "llm_accuracy": llm_accuracy, "llm_cost": llm_cost, "llm_flops": llm_flops,
             "llm_prompt_share": prompt_share, "routers": sorted(found),
-            "sweeps": sweeps, "question_level": question_level}
+            "sweeps": sweeps, "hybrids": hybrids, "question_level": question_level,
+            "held_out": held_out}
+
+
+def _question_outcomes(pair, thresholds) -> list[tuple]:
+    """Per question, right and cost of the question-level cascade at each threshold."""
+    outcomes = []
+    for threshold in thresholds:
+        keep = pair.confidence >= threshold
+        outcomes.append(([bool(x) for x in (keep * pair.slm_correct
+                                            + ~keep * pair.llm_correct)],
+                         (pair.slm_cost + (~keep) * pair.llm_cost).tolist(), float(threshold)))
+    return outcomes
+
+
+HELD_OUT_LOSSES = (0.0, 0.02)
+FOLDS = 3
+
+
+def _held_out(outcomes: dict, llm_correct: list, llm_cost: list) -> dict:
+    """Each method's cheapest threshold (or pair) within 0 and 2 points of the LLM alone, chosen
+    on two of every three questions and applied to the third, the three ways round: every
+    question is answered at a threshold chosen without it. A fair comparison of methods with one
+    threshold and with two, whose in-sample best flatters the one with more to choose."""
+    n = len(llm_correct)
+
+    def acc(values, part):
+        return _mean(values[i] for i in part)
+
+    result = {}
+    for method, swept in outcomes.items():
+        result[method] = {}
+        for loss in HELD_OUT_LOSSES:
+            right_out, cost_out, chosen = [None] * n, [None] * n, []
+            for fold in range(FOLDS):
+                calibrate = [i for i in range(n) if i % FOLDS != fold]
+                test = [i for i in range(n) if i % FOLDS == fold]
+                fits = [(_mean(c[i] for i in calibrate), t, right, c) for right, c, t in swept
+                        if acc(right, calibrate) >= acc(llm_correct, calibrate) - loss - 1e-12]
+                if not fits:  # nothing within the loss: that third goes to the LLM alone
+                    fits = [(0.0, None, llm_correct, llm_cost)]
+                _, threshold, right, c = min(fits, key=lambda fit: fit[0])
+                chosen.append(threshold)
+                for i in test:
+                    right_out[i], cost_out[i] = right[i], c[i]
+            result[method][f"{loss:g}"] = {
+                "thresholds": chosen,
+                "loss": _mean(llm_correct) - _mean(right_out),
+                "saving": 1 - sum(cost_out) / sum(llm_cost)}
+    return {"folds": FOLDS, "questions": n, "methods": result}
+
+def _answer_step_sweeps(rows, found, grids, points, continuations, replay) -> dict:
+    """Each router on the reasoning steps with the confidence step kept on the stated confidence
+    as the cascade reads it (`answer_threshold`): every pair of thresholds. Only where the step
+    tables carry that signal and every handoff the pairs pick has its continuation."""
+    import numpy as np
+
+    from corea.calibration import model_map
+    from corea.steps import answer_step_score
+
+    confidence_map = model_map(rows[0]["model"])
+    scores = sorted({round(answer_step_score(step["features"], confidence_map), 4)
+                     for row in rows for step in row["steps"]
+                     if "verbalized_mean" in (step.get("features") or {})})
+    if not scores:
+        return {}
+    answer_grid = sorted({0.0, *[round(q + 1e-4, 4) for q in
+                                 np.quantile(scores, np.linspace(0, 1, points)).tolist()], 1.01})
+    hybrids = {}
+    for name in ("threshold", "learned"):
+        if name not in found:
+            continue
+        swept = []
+        for threshold in grids[name]:
+            for answer_threshold in answer_grid:
+                ks = [handoff_step(row["steps"], found[name], threshold, answer_threshold,
+                                   confidence_map) for row in rows]
+                if any(k is not None and (row["id"], k) not in continuations
+                       for row, k in zip(rows, ks)):
+                    print(f"no {name}+answer sweep: continuations missing (run the llm step)",
+                          file=sys.stderr)
+                    return {}
+                routed = [replay(row, k) for row, k in zip(rows, ks)]
+                swept.append({"threshold": threshold, "answer_threshold": answer_threshold,
+                              "accuracy": _mean(r["correct"] for r in routed),
+                              "cost": _mean(r["cost"] for r in routed),
+                              "correct": [bool(r["correct"]) for r in routed],
+                              "costs": [r["cost"] for r in routed]})
+        hybrids[name] = swept
+    return hybrids
 
 
 def main(argv=None) -> int:

@@ -276,6 +276,12 @@ class StepConfig:
     router: str = "threshold"
     statistic: str = "mean_prob"  # the threshold router's statistic
     router_file: str | None = None  # a fitted gmm / learned router (default: the shipped one)
+    # The confidence step (the reply's `Confidence:` line) is kept only when the SLM's stated
+    # confidence, as the question-level cascade reads it (its digits' mean through the SLM's
+    # Platt map), reaches this; None: it is routed like any step. With every reasoning step
+    # kept this is question-level routing; with the router also refusing unsure steps, the
+    # question leaves early.
+    answer_threshold: float | None = None
     max_switches: int = 1  # how many times per question the LLM may be called in
     llm_steps: int = 0  # steps the LLM writes per switch; 0 = the rest of the reply
     step_max_tokens: int = 64  # a step with no delimiter by then is cut
@@ -289,6 +295,10 @@ class StepConfig:
         if self.statistic not in STATISTICS:
             raise ValueError(f"unknown step statistic {self.statistic!r}; choose one of "
                              f"{', '.join(STATISTICS)}")
+        if self.answer_threshold is not None and not (
+                isinstance(self.answer_threshold, (int, float))
+                and 0.0 <= self.answer_threshold <= 1.0):
+            raise ValueError("step option answer_threshold must be a number in [0, 1]")
         for name in ("max_switches", "llm_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"step option {name} must be a whole number >= 0")
@@ -502,10 +512,10 @@ class StepRouter:
             cut = not draft.done and draft.completion_tokens >= step_budget
             features = step_features(draft.text, draft.token_logprobs,
                                      index=len(reply.steps), cut=cut, previous=reply.text)
-            score = self.router.score(features)
+            kept, score = keeps(features, self.router, self.threshold, config.answer_threshold,
+                                getattr(self.slm.model, "confidence_map", None))
             # An empty draft is the SLM ending the reply: nothing to hand over.
-            if score >= self.threshold or reply.switches >= config.max_switches \
-                    or not draft.text:
+            if kept or reply.switches >= config.max_switches or not draft.text:
                 self._keep(reply, self.slm, draft, step_budget, False, on_step,
                            confidence=round(score, 4),
                            features=features)
@@ -532,11 +542,39 @@ class StepRouter:
 
 # ------------------------------------------------------------------------------ replay on traces
 
-def handoff_step(slm_steps: list[dict], router, threshold: float) -> int | None:
+def answer_step_score(features: dict, confidence_map=None) -> float | None:
+    """The score of a confidence step under `answer_threshold`: the stated confidence's mean
+    over its digits, through the SLM's Platt map when it maps that signal; None for any other
+    step."""
+    if "verbalized_mean" not in features:
+        return None
+    value = features["verbalized_mean"]
+    if value is None:
+        return 0.0  # a confidence the digits cannot be read from: deferred, as the cascade does
+    if confidence_map is not None and confidence_map.signal == "verbalized_mean":
+        return confidence_map(value)
+    return value
+
+
+def keeps(features: dict, router, threshold: float, answer_threshold: float | None = None,
+          confidence_map=None) -> tuple[bool, float]:
+    """Whether a draft is kept, and its score: the router's, or for the confidence step under
+    `answer_threshold` the stated confidence as the cascade reads it."""
+    answer = answer_step_score(features, confidence_map) if answer_threshold is not None \
+        else None
+    if answer is not None:
+        return answer >= answer_threshold, answer
+    score = router.score(features)
+    return score >= threshold, score
+
+
+def handoff_step(slm_steps: list[dict], router, threshold: float,
+                 answer_threshold: float | None = None, confidence_map=None) -> int | None:
     """The first of the SLM's steps the router would not keep (the switch point when the LLM,
     once called, writes the rest), or None when it keeps them all."""
     for index, step in enumerate(slm_steps):
-        if step["text"].strip() and router.score(step["features"]) < threshold:
+        if step["text"].strip() and not keeps(step["features"], router, threshold,
+                                               answer_threshold, confidence_map)[0]:
             return index
     return None
 

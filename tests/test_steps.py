@@ -441,3 +441,39 @@ def test_a_program_llms_handoffs_are_read_from_its_own_table(tmp_path, monkeypat
     assert all(r["text"] == by_id[r["id"]]["output"] and r["from"] == "qwen-program-arith-mix.jsonl"
                for r in written)
     assert any(k > 0 for _, k in needed)
+
+
+def test_the_confidence_step_can_be_kept_on_the_stated_confidence_as_served():
+    from corea.calibration import PlattMap
+    from corea.steps import answer_step_score, keeps
+
+    steps = [{"text": "9 * 2 = 18.", "features": {"index": 0}},
+             {"text": "\nAnswer: 18\n", "features": {"index": 1, "answer_line": True}},
+             {"text": "Confidence: 0.9", "features": {"index": 2, "verbalized_mean": 0.5}}]
+    keep_all = Scored(1.0)
+    assert handoff_step(steps, keep_all, 0.5) is None  # routed like any step
+    assert handoff_step(steps, keep_all, 0.5, answer_threshold=0.6) == 2
+    assert handoff_step(steps, keep_all, 0.5, answer_threshold=0.4) is None
+    assert handoff_step(steps, Scored(0.0), 0.5, answer_threshold=0.0) == 0  # routers still act
+    # Read through the SLM's Platt map, as the question-level cascade reads it.
+    platt = PlattMap("verbalized_mean", slope=1.0, intercept=2.0)
+    assert answer_step_score(steps[2]["features"], platt) == pytest.approx(platt(0.5))
+    assert handoff_step(steps, keep_all, 0.5, answer_threshold=0.6, confidence_map=platt) is None
+    assert keeps({"verbalized_mean": None}, keep_all, 0.5, 0.1) == (False, 0.0)
+    assert StepConfig.from_dict({"answer_threshold": 0.7}).answer_threshold == 0.7
+    with pytest.raises(ValueError, match="answer_threshold"):
+        StepConfig(answer_threshold=1.5)
+
+
+def test_held_out_thresholds_are_chosen_without_the_questions_they_answer():
+    from benchmarks.step_routing import _held_out
+
+    llm_correct, llm_cost = [True] * 6, [10.0] * 6
+    # Threshold "a" keeps the SLM on every question but the last, which it gets wrong; "b"
+    # defers everything. Folds: {0, 3}, {1, 4}, {2, 5}.
+    outcomes = {"m": [([True] * 5 + [False], [1.0] * 6, "a"), ([True] * 6, [11.0] * 6, "b")]}
+    checks = _held_out(outcomes, llm_correct, llm_cost)["methods"]["m"]["0"]
+    # Only the fold holding question 5 is answered at "a" (chosen on the others, all right).
+    assert checks["thresholds"] == ["b", "b", "a"]
+    assert checks["loss"] == pytest.approx(1 / 6)
+    assert checks["saving"] == pytest.approx(1 - (4 * 11.0 + 2 * 1.0) / 60.0)
