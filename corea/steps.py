@@ -32,6 +32,11 @@ Routers (`router` in the step config), each a score of one SLM draft in [0, 1]:
   training traces' step statistics (`python -m training router`);
 - `learned`: a logistic policy over the step's features, fitted on training traces whose steps
   are labelled against reference solutions (`python -m training router`).
+
+With `answer_threshold`, the reply's confidence step is not scored by the router but kept only when
+the SLM's stated confidence, read as the question-level cascade reads it, reaches that threshold:
+the router watches the reasoning and the calibrated confidence the answer (0 keeps every
+confidence step, so only the reasoning is routed).
 """
 
 from __future__ import annotations
