@@ -296,9 +296,9 @@ def _options(llm: str, tag: str) -> str:
 
 def write_results(measured: list[dict], points: int, options: str = "",
                   variant: str = "") -> None:
-    """benchmarks/results/step_routing.json (step_routing_program.json for the program LLM),
-    and, for the embedded LLM, the step-routing section of benchmarks/REPORT.md rewritten from
-    it (the bench writes the same section from it)."""
+    """benchmarks/results/step_routing.json (step_routing_<setup>.json for another setup), and
+    the step-routing section of benchmarks/REPORT.md rewritten from all of them (the bench
+    writes the same section from them)."""
     from corea.ablation import splice_section
     from corea.bench import RESULTS_DIR, STEP_SECTION, step_routing_lines
 
@@ -310,8 +310,6 @@ def write_results(measured: list[dict], points: int, options: str = "",
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     name = f"step_routing_{variant.replace('-', '_')}.json" if variant else "step_routing.json"
     (RESULTS_DIR / name).write_text(json.dumps(result, indent=1) + "\n")
-    if variant:
-        return
     report = ROOT / "benchmarks" / "REPORT.md"
     if report.is_file():
         report.write_text(splice_section(report.read_text(), STEP_SECTION, None,

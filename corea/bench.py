@@ -570,13 +570,15 @@ STEP_SECTION = "## Step-level routing"
 
 def step_routing_lines(results: Path = RESULTS_DIR) -> list[str]:
     """Step-level against question-level routing on the same questions, read from the results
-    that benchmarks/step_routing.py's report writes (benchmarks/STEP_ROUTING.md has the sweeps)."""
+    that benchmarks/step_routing.py's report writes (step_routing.json for the first SLM before
+    the plain LLM, step_routing_<setup>.json for others; benchmarks/STEP_ROUTING*.md have the
+    sweeps)."""
     import json
 
-    path = results / "step_routing.json"
-    if not path.is_file():
+    paths = sorted(results.glob("step_routing*.json"), key=lambda p: (p.stem != "step_routing",
+                                                                        p.stem))
+    if not paths:
         return []
-    result = json.loads(path.read_text())
 
     def cell(point):
         if point is None:
@@ -584,27 +586,32 @@ def step_routing_lines(results: Path = RESULTS_DIR) -> list[str]:
         return (f"{100 * point['saving']:.1f}% ({point['method'].split(': ', 1)[-1]}, "
                 f"acc {100 * point['accuracy']:.1f}%)")
 
-    columns = list(result["tasks"][0]["best"]) if result["tasks"] else []
-    lines = [STEP_SECTION, "",
-             f"From `{result['command']}` ({result['date']}, {result['machine']}); every "
-             "router's sweep and the cost rule are in [STEP_ROUTING.md](STEP_ROUTING.md). The "
-             "SLM writes one step at a time and a router hands the rest to the LLM, which reads "
-             "the prompt and the steps so far again (billed). Cell: the cheapest point of each "
-             "kind of routing at that accuracy against the LLM alone, its saving of the LLM "
-             "alone's cost (the router or signal, accuracy); none: no threshold gets there. "
-             "Routers: `threshold` (STEER's rule on the step's token probabilities), `gmm` (a two-"
-             "component Gaussian mixture), `learned` (a logistic policy fitted on training "
-             "steps).", "",
-             "| set | questions | SLM alone · LLM alone | routing | "
-             + " | ".join(columns) + " |", "|---|---|---|---|" + "---|" * len(columns)]
-    for task in result["tasks"]:
-        for kind in ("step", "question"):
-            lines.append(
-                f"| {task['task']} | {task['questions']} | "
-                f"{100 * task['slm_accuracy']:.1f}% · {100 * task['llm_accuracy']:.1f}% | "
-                f"{kind} level | "
-                + " | ".join(cell(task["best"][column][kind]) for column in columns) + " |")
-    return lines + [""]
+    lines = [STEP_SECTION, ""]
+    for path in paths:
+        result = json.loads(path.read_text())
+        columns = list(result["tasks"][0]["best"]) if result["tasks"] else []
+        report = "STEP_ROUTING" + path.stem.removeprefix("step_routing").upper() + ".md"
+        lines += [f"From `{result['command']}` ({result['date']}, {result['machine']}); every "
+                  f"router's sweep and the cost rule are in [{report}]({report}). The SLM writes "
+                  "one step at a time and a router hands the rest to the LLM, which reads the "
+                  "prompt and the steps so far again (billed; a program LLM reads the question "
+                  "alone). Cell: the cheapest point of each kind of routing at that accuracy "
+                  "against the LLM alone, its saving of the LLM alone's cost (the router or "
+                  "signal, accuracy); none: no threshold gets there. Routers: `threshold` "
+                  "(STEER's rule on the step's token probabilities), `gmm` (a two-component "
+                  "Gaussian mixture), `learned` (a logistic policy fitted on training steps); "
+                  "`+answer`: the confidence step kept on the stated confidence as served.", "",
+                  "| set | questions | SLM alone · LLM alone | routing | "
+                  + " | ".join(columns) + " |", "|---|---|---|---|" + "---|" * len(columns)]
+        for task in result["tasks"]:
+            for kind in ("step", "question"):
+                lines.append(
+                    f"| {task['task']} | {task['questions']} | "
+                    f"{100 * task['slm_accuracy']:.1f}% · {100 * task['llm_accuracy']:.1f}% | "
+                    f"{kind} level | "
+                    + " | ".join(cell(task["best"][column][kind]) for column in columns) + " |")
+        lines.append("")
+    return lines
 
 
 def run_bench(plan: BenchPlan, command: str) -> Path:
