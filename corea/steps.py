@@ -249,14 +249,29 @@ class LearnedRouter:
                 "scale": self.scale, "weights": self.weights, "bias": self.bias}
 
 
-def load_router(kind: str, *, statistic: str = "mean_prob", path: str | Path | None = None):
+def fitted_router_dir(model_name: str | None = None) -> Path:
+    """The shipped routers fitted on `model_name`'s own steps (an `adapters/step-router*` folder
+    whose fit.json names that model), else the default ones in adapters/step-router/."""
+    if model_name:
+        for folder in sorted(DEFAULT_ROUTER_DIR.parent.glob(f"{DEFAULT_ROUTER_DIR.name}*")):
+            try:
+                fitted_on = json.loads((folder / "fit.json").read_text()).get("model")
+            except (OSError, ValueError):
+                continue
+            if fitted_on == model_name:
+                return folder
+    return DEFAULT_ROUTER_DIR
+
+
+def load_router(kind: str, *, statistic: str = "mean_prob", path: str | Path | None = None,
+                model_name: str | None = None):
     """The router a step config names; fitted routers are read from `path` (by default the
-    shipped ones in adapters/step-router/)."""
+    shipped ones fitted on `model_name`'s steps, else those in adapters/step-router/)."""
     if kind == "threshold":
         return ThresholdRouter(statistic)
     if kind not in ROUTERS:
         raise ValueError(f"unknown step router {kind!r}; choose one of {', '.join(ROUTERS)}")
-    path = Path(path) if path else DEFAULT_ROUTER_DIR / f"{kind}.json"
+    path = Path(path) if path else fitted_router_dir(model_name) / f"{kind}.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -280,7 +295,8 @@ class StepConfig:
 
     router: str = "threshold"
     statistic: str = "mean_prob"  # the threshold router's statistic
-    router_file: str | None = None  # a fitted gmm / learned router (default: the shipped one)
+    # a fitted gmm / learned router (default: the shipped one fitted on the SLM, else the first)
+    router_file: str | None = None
     # The confidence step (the reply's `Confidence:` line) is kept only when the SLM's stated
     # confidence, as the question-level cascade reads it (its digits' mean through the SLM's
     # Platt map), reaches this; None: it is routed like any step. With every reasoning step
@@ -331,8 +347,11 @@ class StepConfig:
             data["delimiters"] = tuple(data["delimiters"] or ())
         return cls(**data)
 
-    def load_router(self):
-        return load_router(self.router, statistic=self.statistic, path=self.router_file)
+    def load_router(self, model_name: str | None = None):
+        """This config's router; without a router_file, the shipped one fitted on the steps of
+        `model_name` (the SLM) where there is one."""
+        return load_router(self.router, statistic=self.statistic, path=self.router_file,
+                           model_name=model_name)
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -412,7 +431,7 @@ class StepRouter:
             raise ValueError("the step threshold must be in [0, 1]")
         self.slm, self.llm, self.threshold, self.config = slm, llm, threshold, config
         self.generation = generation
-        self.router = router or config.load_router()
+        self.router = router or config.load_router(slm.model.name)
 
     def _step_end(self, text: str) -> int | None:
         return step_end(text, self.config.delimiters)

@@ -382,7 +382,7 @@ def test_training_router_command_fits_loadable_routers(tmp_path):
         stats = dict(zip(("mean_prob", "min_prob", "mean_margin", "min_margin"),
                          sure if right else unsure))
         rows.append({"id": f"arith-mix-arith1-train-{index:05d}", "task": "arith-mix",
-                     "question": problem.question, "gold": str(problem.answer), "steps": [
+                     "model": "tiny-slm", "question": problem.question, "gold": str(problem.answer), "steps": [
                          {"text": f"{left}= {value if right else value + 1}.\n",
                           "features": {**base, **stats, "equation_check": float(right)}},
                          {"text": f"Answer: {answer}\n",
@@ -391,7 +391,7 @@ def test_training_router_command_fits_loadable_routers(tmp_path):
     traces.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert main(["router", "--traces", str(traces), "--out", str(tmp_path / "r")]) == 0
     fit = json.loads((tmp_path / "r" / "fit.json").read_text())
-    assert fit["questions"] == 12 and fit["steps"] == 24
+    assert fit["questions"] == 12 and fit["steps"] == 24 and fit["model"] == "tiny-slm"
     assert fit["auroc_in_sample"]["learned"] > 0.9
     learned = load_router("learned", path=tmp_path / "r" / "learned.json")
     gmm = load_router("gmm", path=tmp_path / "r" / "gmm.json")
@@ -477,3 +477,17 @@ def test_held_out_thresholds_are_chosen_without_the_questions_they_answer():
     assert checks["thresholds"] == ["b", "b", "a"]
     assert checks["loss"] == pytest.approx(1 / 6)
     assert checks["saving"] == pytest.approx(1 - (4 * 11.0 + 2 * 1.0) / 60.0)
+
+
+def test_a_cascade_picks_the_routers_fitted_on_its_own_slm():
+    from corea.steps import DEFAULT_ROUTER_DIR, fitted_router_dir
+
+    shipped = "smollm2-135m+smollm2-135m-calibrated"
+    folder = fitted_router_dir(shipped)
+    assert folder.name == "step-router-calibrated"
+    assert json.loads((folder / "fit.json").read_text())["model"] == shipped
+    assert fitted_router_dir("some-other-model") == DEFAULT_ROUTER_DIR
+    learned = load_router("learned", model_name=shipped)
+    assert learned.to_dict() == json.loads((folder / "learned.json").read_text())
+    assert StepConfig(router="learned").load_router("some-other-model").to_dict() == \
+        json.loads((DEFAULT_ROUTER_DIR / "learned.json").read_text())

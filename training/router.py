@@ -192,7 +192,10 @@ def fit_routers(rows: list[dict], out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "gmm.json").write_text(json.dumps(mixture.to_dict(), indent=2) + "\n")
     (out / "learned.json").write_text(json.dumps(policy.to_dict(), indent=2) + "\n")
+    models = sorted({row["model"] for row in rows if row.get("model")})
     record = {
+        # The SLM whose steps these are: a cascade serving it picks these routers by default.
+        "model": models[0] if len(models) == 1 else (models or None),
         "questions": len(rows), "steps": len(features), "on_track_share": float(labels.mean()),
         "tasks": sorted({row["task"] for row in rows}),
         "auroc_in_sample": {name: _auroc(router, features, labels) for name, router in
