@@ -30,14 +30,11 @@ from corea.bench import (PROGRAM_SECTION, RESULTS_DIR, STEP_SECTION,  # noqa: E4
                          holdout_check, program_llm_lines)
 from corea.metrics import join_traces, summarize  # noqa: E402
 from corea.signals import with_signal  # noqa: E402
+from corea.traces import read_trace  # noqa: E402
 
 TRACES = ROOT / "benchmarks" / "traces"
 SLM_TABLE = "smollm2-calibrated-{task}.jsonl"
 LLM_TABLES = {"plain": "qwen-{task}.jsonl", "program": "qwen-program-{task}.jsonl"}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _point(point: dict | None) -> dict | None:
@@ -53,7 +50,7 @@ def measure(task: str, traces: Path = TRACES) -> dict | None:
              **{kind: traces / name.format(task=task) for kind, name in LLM_TABLES.items()}}
     if not all(path.is_file() for path in paths.values()):
         return None
-    tables = {kind: {row["id"]: row for row in read_jsonl(path)} for kind, path in paths.items()}
+    tables = {kind: {row["id"]: row for row in read_trace(path)} for kind, path in paths.items()}
     ids = [i for i in tables["slm"] if all(i in table for table in tables.values())]
     slm_rows = [tables["slm"][i] for i in ids]
     signal, _ = embedded.serving_defaults(embedded.spec_for(slm_rows[0]["model"]))

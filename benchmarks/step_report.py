@@ -46,19 +46,22 @@ def _saving(point, llm_cost) -> str:
 def _thresholds(point: dict) -> str:
     """The router's threshold, and the confidence step's after a slash where it has one."""
     answer = point.get("answer_threshold")
-    return _threshold(point["threshold"]) + (f"/{_threshold(answer)}" if answer is not None
-                                             else "")
+    return _threshold(point["threshold"] if answer is None
+                      else (point["threshold"], answer))
 
 
-def _threshold(value: float) -> str:
+def _threshold(value) -> str:
+    """A threshold, a (router, confidence step) pair as a/b, or None: the LLM alone."""
+    if value is None:
+        return "LLM alone"
+    if isinstance(value, (list, tuple)):
+        return "/".join(_threshold(part) for part in value)
     # The sweep's first threshold sits just above 0 (keep every confidence but 0).
     return "0⁺" if 0 < value < 1e-6 else f"{value:.3g}"
 
 
 def _held_out_cell(check: dict) -> str:
-    shown = ", ".join("LLM alone" if t is None else
-                      "/".join(_threshold(x) for x in t) if isinstance(t, (list, tuple))
-                      else _threshold(t) for t in check["thresholds"])
+    shown = ", ".join(_threshold(t) for t in check["thresholds"])
     return f"{100 * check['loss']:+.1f} pts, {_pct(check['saving'])} (t = {shown})"
 
 
@@ -215,14 +218,6 @@ def summary_point(point: dict | None, llm_cost: float) -> dict | None:
             "accuracy": point["accuracy"], "saving": 1 - point["cost"] / llm_cost}
 
 
-def variant_name(llm: str, tag: str = "") -> str:
-    """What names one setup's outputs: "" for the first SLM and the plain LLM, else e.g.
-    "program" or "program-calibrated"."""
-    from benchmarks.step_routing import _tagged, llm_variant
-
-    return _tagged(llm_variant(llm), tag)
-
-
 def write_report(tasks: list[str], points: int, llm: str | None = None, tag: str = "") -> None:
     """The report of one setup: the first SLM before the embedded LLM (STEP_ROUTING.md, and the
     section of REPORT.md), or another (`--llm program:qwen`, `--slm-tag`:
@@ -230,7 +225,9 @@ def write_report(tasks: list[str], points: int, llm: str | None = None, tag: str
     from benchmarks.step_routing import LLM, _tagged, evaluate, llm_variant
 
     llm = llm or LLM
-    variant = variant_name(llm, tag)
+    # What names this setup's outputs: "" for the first SLM before the plain LLM, else e.g.
+    # "program" or "program-calibrated".
+    variant = _tagged(llm_variant(llm), tag)
     report = REPORT.with_name(f"STEP_ROUTING_{variant.upper().replace('-', '_')}.md") \
         if variant else REPORT
     sections, summary, measured = [], [], []
@@ -279,13 +276,13 @@ def write_report(tasks: list[str], points: int, llm: str | None = None, tag: str
         f"`{_tagged('step-llm', variant)}-*.jsonl` (the LLM continuing after the "
         "SLM's first k steps). See "
         "`corea/steps.py` for the loop and the cost rule: a switch makes the LLM read the whole "
-        "prompt and the steps so far again, billed as prompt tokens; thrown-away SLM drafts are "
-        "billed too. Measured mode: one switch (the LLM, once called, writes the rest), the "
+        "prompt and the steps so far again (a program LLM: the prompt alone), billed as prompt "
+        "tokens; thrown-away SLM drafts are billed too. Measured mode: one switch (the LLM, once called, writes the rest), the "
         "cheapest shape when a switch re-reads the prompt.", "",
         *summary, "", *sections, *COMPLETE])
     report.write_text(text.rstrip() + "\n")
     print(f"wrote {report}")
-    write_results(measured, points, _options(llm, tag), variant)
+    write_results(measured, points, _options(llm, tag), variant, report.name)
 
 
 def _options(llm: str, tag: str) -> str:
@@ -295,7 +292,7 @@ def _options(llm: str, tag: str) -> str:
 
 
 def write_results(measured: list[dict], points: int, options: str = "",
-                  variant: str = "") -> None:
+                  variant: str = "", report_name: str = REPORT.name) -> None:
     """benchmarks/results/step_routing.json (step_routing_<setup>.json for another setup), and
     the step-routing section of benchmarks/REPORT.md rewritten from all of them (the bench
     writes the same section from them)."""
@@ -306,7 +303,7 @@ def write_results(measured: list[dict], points: int, options: str = "",
     result = {"command": f"python benchmarks/step_routing.py report {tasks} --points "
                          f"{points}{options}",
               "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
-              f"{os.cpu_count()} CPU cores", "tasks": measured}
+              f"{os.cpu_count()} CPU cores", "report": report_name, "tasks": measured}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     name = f"step_routing_{variant.replace('-', '_')}.json" if variant else "step_routing.json"
     (RESULTS_DIR / name).write_text(json.dumps(result, indent=1) + "\n")

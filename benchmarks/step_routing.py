@@ -289,39 +289,31 @@ def evaluate(task_name: str, points: int, llm: str = LLM, tag: str = "") -> dict
                 "llm_called": _mean(r["switches"] > 0 for r in routed),
                 "slm_step_share": slm_share,
                 "cut_steps": sum(r.get("cut_steps", 0) for r in routed),
-                "rows": routed})
+                "rows": routed, **_per_question(routed)})
         sweeps[name] = points_out
 
     hybrids = _answer_step_sweeps(rows, found, grids, points, continuations, replay)
     # Per-question outcomes of every method at every threshold, for the held-out check.
-    outcomes = {f"step: {name}": [([bool(r["correct"]) for r in p["rows"]],
-                                   [r["cost"] for r in p["rows"]], p["threshold"])
-                                  for p in swept] for name, swept in sweeps.items()}
-    outcomes.update({f"step: {name}+answer": [(p.pop("correct"), p.pop("costs"),
-                                               (p["threshold"], p["answer_threshold"]))
-                                              for p in swept]
-                     for name, swept in hybrids.items()})
+    outcomes = {f"step: {name}": [(p["correct"], p["costs"], p["threshold"]) for p in swept]
+                for name, swept in sweeps.items()}
+    outcomes.update({f"step: {name}+answer": [
+        (p["correct"], p["costs"], (p["threshold"], p["answer_threshold"])) for p in swept]
+        for name, swept in hybrids.items()})
+    signals = {"verbalized": rows,
+               "answer_probability": [{**row, "confidence": row.get("answer_probability"),
+                                       "format_ok": True} for row in rows]}
+    if has_column(rows, "verbalized_mean"):
+        # The stated confidence's mean over its digits, through the SLM's Platt map where it
+        # ships one: what the cascade defers on when the shipped SLM is served.
+        signals["verbalized_mean"] = with_signal(rows, "verbalized_mean")
     question_level = {}
-    for signal in ("verbalized", "answer_probability"):
-        slm_signal = [{**row, "confidence": (row["confidence"] if signal == "verbalized"
-                                             else row.get("answer_probability")),
-                       "format_ok": row["format_ok"] if signal == "verbalized" else True}
-                      for row in rows]
+    for signal, slm_signal in signals.items():
         pair = join_traces(slm_signal, llm_alone)
         curve = sweep_curve(pair)
         question_level[signal] = [
             {"threshold": float(t), "accuracy": float(a), "cost": float(c)}
             for t, a, c in zip(curve.thresholds, curve.accuracy, curve.cost)]
         outcomes[f"question: {signal}"] = _question_outcomes(pair, curve.thresholds)
-    if has_column(rows, "verbalized_mean"):
-        # The stated confidence's mean over its digits, through the SLM's Platt map where it
-        # ships one: what the cascade defers on when the shipped SLM is served.
-        pair = join_traces(with_signal(rows, "verbalized_mean"), llm_alone)
-        curve = sweep_curve(pair)
-        question_level["verbalized_mean"] = [
-            {"threshold": float(t), "accuracy": float(a), "cost": float(c)}
-            for t, a, c in zip(curve.thresholds, curve.accuracy, curve.cost)]
-        outcomes["question: verbalized_mean"] = _question_outcomes(pair, curve.thresholds)
     held_out = _held_out(outcomes, [r["correct"] for r in llm_alone],
                          [r["cost"] for r in llm_alone])
     return {"task": task_name, "tag": tag, "questions": len(rows), "of": len(slm_rows),
@@ -332,6 +324,11 @@ def evaluate(task_name: str, points: int, llm: str = LLM, tag: str = "") -> dict
             "llm_prompt_share": prompt_share, "routers": sorted(found),
             "sweeps": sweeps, "hybrids": hybrids, "question_level": question_level,
             "held_out": held_out}
+
+
+def _per_question(routed: list[dict]) -> dict:
+    """Right and cost per question of one routed sweep point (what the held-out check reads)."""
+    return {"correct": [bool(r["correct"]) for r in routed], "costs": [r["cost"] for r in routed]}
 
 
 def _question_outcomes(pair, thresholds) -> list[tuple]:
@@ -381,6 +378,7 @@ def _held_out(outcomes: dict, llm_correct: list, llm_cost: list) -> dict:
                 "saving": 1 - sum(cost_out) / sum(llm_cost)}
     return {"folds": FOLDS, "questions": n, "methods": result}
 
+
 def _answer_step_sweeps(rows, found, grids, points, continuations, replay) -> dict:
     """Each router on the reasoning steps with the confidence step kept on the stated confidence
     as the cascade reads it (`answer_threshold`): every pair of thresholds. Only where the step
@@ -415,9 +413,7 @@ def _answer_step_sweeps(rows, found, grids, points, continuations, replay) -> di
                 routed = [replay(row, k) for row, k in zip(rows, ks)]
                 swept.append({"threshold": threshold, "answer_threshold": answer_threshold,
                               "accuracy": _mean(r["correct"] for r in routed),
-                              "cost": _mean(r["cost"] for r in routed),
-                              "correct": [bool(r["correct"]) for r in routed],
-                              "costs": [r["cost"] for r in routed]})
+                              "cost": _mean(r["cost"] for r in routed), **_per_question(routed)})
         hybrids[name] = swept
     return hybrids
 

@@ -590,7 +590,7 @@ def step_routing_lines(results: Path = RESULTS_DIR) -> list[str]:
     for path in paths:
         result = json.loads(path.read_text())
         columns = list(result["tasks"][0]["best"]) if result["tasks"] else []
-        report = "STEP_ROUTING" + path.stem.removeprefix("step_routing").upper() + ".md"
+        report = result.get("report", "STEP_ROUTING.md")
         lines += [f"From `{result['command']}` ({result['date']}, {result['machine']}); every "
                   f"router's sweep and the cost rule are in [{report}]({report}). The SLM writes "
                   "one step at a time and a router hands the rest to the LLM, which reads the "
