@@ -78,8 +78,7 @@ def run_program(code: str) -> float:
             name = _target_name(statement.target)
             if name not in variables:
                 raise ProgramError(f"{name} is used before it is set")
-            value = _checked(_BINARY[type(statement.op)](variables[name],
-                                                          _evaluate(statement.value, variables)))
+            value = _apply(statement.op, variables[name], _evaluate(statement.value, variables))
             variables[name] = assigned = value
         elif isinstance(statement, ast.Expr) and _is_print(statement.value):
             if len(statement.value.args) != 1 or statement.value.keywords:
@@ -198,6 +197,14 @@ def _checked(value):
     return value
 
 
+def _apply(op: ast.operator, left, right):
+    """One arithmetic operation, in an expression or an augmented assignment (`x //= 3`)."""
+    try:
+        return _checked(_BINARY[type(op)](left, right))
+    except ZeroDivisionError:
+        raise ProgramError("division by zero") from None
+
+
 def _evaluate(node: ast.expr, variables: dict[str, float]):
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
             and not isinstance(node.value, bool):
@@ -207,11 +214,7 @@ def _evaluate(node: ast.expr, variables: dict[str, float]):
             raise ProgramError(f"{node.id} is used before it is set")
         return variables[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _evaluate(node.left, variables), _evaluate(node.right, variables)
-        try:
-            return _checked(_BINARY[type(node.op)](left, right))
-        except ZeroDivisionError:
-            raise ProgramError("division by zero") from None
+        return _apply(node.op, _evaluate(node.left, variables), _evaluate(node.right, variables))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _checked(_UNARY[type(node.op)](_evaluate(node.operand, variables)))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \

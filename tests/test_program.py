@@ -46,6 +46,7 @@ def test_the_reply_reads_the_programs_answer_not_the_models_own_arithmetic():
     ("x = 10 ** 3", "does not run"),
     ("x = 9\nx *= x\nx *= x\nx *= x\nx *= x\nx *= x", "bound"),
     ("x = 1 / 0", "division by zero"),
+    ("x = 4\nx //= 0", "division by zero"),
     ("print(y)", "before it is set"),
     ("x = 'text'", "does not run"),
     ("x = min(3)", "min"),
