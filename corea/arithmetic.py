@@ -30,16 +30,23 @@ class ArithmeticProblem:
     answer: int
     steps: int
     working: tuple[str, ...] = ()  # one equation per operation, e.g. "12 + 5 = 17"
+    statements: tuple[str, ...] = ()  # the same as a program, one statement per sentence
 
     def worked_solution(self) -> str:
         """The reasoning a careful solver writes: each operation as an equation."""
         return " ".join(f"{equation}." for equation in self.working)
 
+    def program(self) -> str:
+        """The problem as a program (corea.program runs it): one statement per sentence, then
+        the answer printed."""
+        variable = self.statements[0].split(" ")[0] if self.statements else "answer"
+        return "\n".join((*self.statements, f"print({variable})"))
+
 
 def _step(rng: random.Random, name: str, item: str, value: int,
-          max_value: int) -> tuple[str, int, str]:
-    """One operation on the current quantity: the sentence that tells it, the new quantity, and
-    the equation that computes it."""
+          max_value: int) -> tuple[str, int, str, str]:
+    """One operation on the current quantity: the sentence that tells it, the new quantity, the
+    equation that computes it, and the program statement that does (the item is the variable)."""
     choices = ["gain", "buy_packs", "double"]
     if value > 1:
         choices.append("lose")
@@ -49,37 +56,40 @@ def _step(rng: random.Random, name: str, item: str, value: int,
     kind = rng.choice(choices)
     if kind == "gain":
         k = rng.randint(1, max_value)
-        return f"Then {name} finds {k} more {item}.", value + k, f"{value} + {k} = {value + k}"
+        return (f"Then {name} finds {k} more {item}.", value + k, f"{value} + {k} = {value + k}",
+                f"{item} += {k}")
     if kind == "lose":
         k = rng.randint(1, value - 1)
-        return f"Then {name} gives away {k} {item}.", value - k, f"{value} - {k} = {value - k}"
+        return (f"Then {name} gives away {k} {item}.", value - k, f"{value} - {k} = {value - k}",
+                f"{item} -= {k}")
     if kind == "buy_packs":
         packs, per_pack = rng.randint(2, 5), rng.randint(2, max(2, max_value // 5))
         container = rng.choice(CONTAINERS)
         return (f"Then {name} buys {packs} {container} with {per_pack} {item} in each.",
                 value + packs * per_pack,
                 f"{packs} * {per_pack} = {packs * per_pack}, and {value} + {packs * per_pack} = "
-                f"{value + packs * per_pack}")
+                f"{value + packs * per_pack}", f"{item} += {packs} * {per_pack}")
     if kind == "double":
         return (f"Then the number of {item} {name} has doubles.", value * 2,
-                f"{value} * 2 = {value * 2}")
+                f"{value} * 2 = {value * 2}", f"{item} *= 2")
     d = rng.choice(divisors)
     return (f"Then {name} splits the {item} equally into {d} groups and keeps one group.",
-            value // d, f"{value} / {d} = {value // d}")
+            value // d, f"{value} / {d} = {value // d}", f"{item} //= {d}")
 
 
 def generate_problem(rng: random.Random, steps: int) -> ArithmeticProblem:
     max_value = MAX_VALUE[steps]
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     value = rng.randint(2, max_value)
-    sentences, working = [f"{name} has {value} {item}."], []
+    sentences, working, statements = [f"{name} has {value} {item}."], [], [f"{item} = {value}"]
     for _ in range(steps):
-        sentence, value, equation = _step(rng, name, item, value, max_value)
+        sentence, value, equation, statement = _step(rng, name, item, value, max_value)
         sentences.append(sentence)
         working.append(equation)
+        statements.append(statement)
     sentences.append(f"How many {item} does {name} have now?")
     return ArithmeticProblem(question=" ".join(sentences), answer=value, steps=steps,
-                             working=tuple(working))
+                             working=tuple(working), statements=tuple(statements))
 
 
 def split_of(question: str) -> str:

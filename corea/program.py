@@ -41,7 +41,7 @@ _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 _FUNCTIONS = {"int": int, "float": float, "round": round, "abs": abs, "min": min, "max": max}
-_FENCED = re.compile(r"```([a-zA-Z0-9_+-]*)[ \t]*\n(.*?)```", re.S)
+_FENCED = re.compile(r"```([a-zA-Z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
 class ProgramError(ValueError):
@@ -49,12 +49,19 @@ class ProgramError(ValueError):
 
 
 def extract_code(reply: str) -> str:
-    """The program in a reply: its first fenced code block (not an output block), or the whole
-    reply without its Confidence line."""
-    for language, code in _FENCED.findall(reply or ""):
-        if language.lower() in ("", "python", "py", "python3"):
-            return code
-    return without_confidence(reply)
+    """The program in a reply: its code block (code_span), else the whole reply without its
+    Confidence line."""
+    span = code_span(reply)
+    return reply[span[0]:span[1]] if span is not None else without_confidence(reply)
+
+
+def code_span(reply: str) -> tuple[int, int] | None:
+    """Where the program of a reply lies (start, end): its first fenced code block that is not an
+    output block (one the reply left open runs to its end); None when it has none."""
+    for match in _FENCED.finditer(reply or ""):
+        if match.group(1).lower() in ("", "python", "py", "python3"):
+            return match.span(2)
+    return None
 
 
 def run_program(code: str) -> float:
@@ -95,6 +102,12 @@ def run_program(code: str) -> float:
     return result
 
 
+def one_line(code: str) -> str:
+    """A program as one line of statements (`books = 12; books -= 7; print(books)`): comments
+    and layout dropped, so it can be quoted as a note."""
+    return "; ".join(ast.unparse(statement) for statement in ast.parse(code).body)
+
+
 def format_number(value: float) -> str:
     """A computed answer as a reply writes it: whole numbers without a decimal point."""
     if isinstance(value, float) and value.is_integer():
@@ -132,11 +145,16 @@ class ProgramAidedModel(Model):
     def __init__(self, inner: Model):
         self.inner = inner
         self.name = f"{PREFIX}{inner.name}"
+        # What the cascade reads off a model: its token log-probabilities (program_probability
+        # reads them), and a trained model's Platt map (applied only to the signal it maps).
+        self.logprobs = bool(getattr(inner, "logprobs", False))
+        self.confidence_map = getattr(inner, "confidence_map", None)
 
     def _finish(self, generation: Generation) -> Generation:
-        # The token log-probabilities describe the program, not the appended answer, so the
-        # token signals (which look for the answer's tokens) are not offered.
-        return replace(generation, text=finish_reply(generation.text), token_logprobs=None)
+        # The token log-probabilities describe the program, a prefix of the finished reply; the
+        # appended answer has no tokens, so the answer's token signals find none and only
+        # program_probability (corea.signals) reads them.
+        return replace(generation, text=finish_reply(generation.text))
 
     @staticmethod
     def _config(config: GenerationConfig) -> GenerationConfig:

@@ -105,6 +105,17 @@ def verbalized_mean(text: str, token_logprobs) -> float | None:
     return (one * 1.0 + zero * below_one) / (zero + one)
 
 
+def program_probability(text: str, token_logprobs) -> float | None:
+    """How sure a model answering by program (corea.program) was of its program: the geometric
+    mean probability of the tokens inside its code block. None for a reply with no code block."""
+    from corea.program import code_span
+
+    tokens = _tokens_over(code_span(text), token_logprobs)
+    if not tokens:
+        return None
+    return math.exp(sum(token[1] for token in tokens) / len(tokens))
+
+
 def vote_share(greedy_answer: str | None, sampled_answers: list[str | None], checker: str) -> float:
     """Share of samples agreeing with the greedy answer (0 when there is no greedy answer)."""
     if greedy_answer is None or not sampled_answers:
@@ -115,7 +126,8 @@ def vote_share(greedy_answer: str | None, sampled_answers: list[str | None], che
 
 TOKEN_SIGNAL_READERS = {"answer_probability": answer_probability,
                         "first_token_margin": first_token_margin,
-                        "verbalized_mean": verbalized_mean}
+                        "verbalized_mean": verbalized_mean,
+                        "program_probability": program_probability}
 
 # Signals a cascade can defer on at run time, each read from a single generation (vote_share needs k
 # extra samples per question and the oracle needs the gold answer: they are for sweeps only).
@@ -142,13 +154,15 @@ def generation_confidence(signal: str, parsed: ParsedReply, text: str,
 # The deferral signals a trace table can be swept on. Token signals are columns of tables traced
 # with log-probabilities; `vote_share` needs sampled tables of the same questions; `oracle`
 # (1 when the SLM is right) is the upper bound no real signal can pass.
-SIGNALS = ("verbalized", "verbalized_mean", "answer_probability", "first_token_margin", "probe",
-           "vote_share", "oracle")
+SIGNALS = ("verbalized", "verbalized_mean", "answer_probability", "first_token_margin",
+           "program_probability", "probe", "vote_share", "oracle")
 # Signals that are a column of the SLM's trace table, and how to get that column.
 COLUMN_SIGNALS = {
     "answer_probability": "trace the SLM with token log-probabilities (--logprobs)",
     "first_token_margin": "trace the SLM with token log-probabilities (--logprobs)",
     "verbalized_mean": "trace the SLM with token log-probabilities (--logprobs)",
+    "program_probability": "trace the SLM answering by program (program:<model>) with token "
+                           "log-probabilities (--logprobs)",
     "probe": "score the table with `python -m corea probe score` (the hidden-state probe)",
 }
 

@@ -4,7 +4,7 @@ from conftest import embedded_installed
 from corea.costs import default_price
 from corea.models import GenerationConfig, load_model
 from corea.program import (PROGRAM_SYSTEM_PROMPT, ProgramAidedModel, ProgramError, extract_code,
-                           finish_reply, program_messages, run_program)
+                           finish_reply, one_line, program_messages, run_program)
 from corea.protocol import SYSTEM_PROMPT, build_messages, parse_reply
 
 NOTEBOOK_REPLY = """```python
@@ -36,6 +36,34 @@ def test_the_reply_reads_the_programs_answer_not_the_models_own_arithmetic():
     assert (parsed.answer, parsed.confidence, parsed.format_ok) == ("71", 0.95, True)
     # A bare program with its Confidence line outside any block runs too.
     assert parse_reply(finish_reply("x = 2.5 * 4\nprint(x)\nConfidence: 0.8")).answer == "10"
+
+
+def test_a_program_block_the_reply_left_open_still_runs():
+    # A small model often stops after its last statement without closing the block.
+    reply = "I will count.\n```python\nbooks = 12\nbooks -= 7\nprint(books)\n# Confidence: 0.9"
+    assert extract_code(reply).startswith("books = 12")
+    assert parse_reply(finish_reply(reply)).answer == "5"
+
+
+def test_a_program_quoted_on_one_line_keeps_its_statements_and_drops_its_comments():
+    line = one_line(extract_code(NOTEBOOK_REPLY))
+    assert line == ("pencils = 83; pencils += 30; pencils -= 17; pencils -= 66; "
+                    "pencils += 41; print(pencils)")
+    assert run_program(line) == 71
+
+
+def test_program_probability_reads_the_programs_tokens_only():
+    import math
+
+    from corea.signals import program_probability
+
+    reply = "Sure.\n```python\nx = 4\nprint(x)\n```"
+    pieces = [("Sure.\n", -3.0), ("```python\n", -0.1), ("x = 4\n", math.log(0.5)),
+              ("print(x)\n", math.log(0.5)), ("```", -0.1)]
+    rows = tuple((text, logprob, None, ()) for text, logprob in pieces)
+    # Neither the lead-in sentence nor the fences are the program: only its two lines count.
+    assert program_probability(finish_reply(reply), rows) == pytest.approx(0.5)
+    assert program_probability("7 + 1 = 8.\nAnswer: 8", rows) is None
 
 
 @pytest.mark.parametrize("code, reason", [

