@@ -9,7 +9,10 @@ LLM's worked reply, in one of two forms:
   the question, where the cascade puts it;
 - `notes_first`: the same block before the question;
 - `turns`: as a demonstration, a user turn with that question and an assistant turn with the
-  LLM's reply, just before the question (the form few-shot prompting uses).
+  LLM's reply, just before the question (the form few-shot prompting uses);
+- `program`: as the memory's `program` mode gives it, the LLM's program on one line quoted with
+  its problem (an LLM answering by program, `--llm-trace` of `program:<model>`; an SLM served
+  as `program:<model>`).
 
 The SLM's accuracy with that context is compared with its plain trace on the same questions.
 
@@ -33,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from corea.checking import is_correct  # noqa: E402
-from corea.memory import Strategy, get_embedder, notes_block, slm_messages  # noqa: E402
+from corea.memory import (Strategy, get_embedder, notes_block, program_note,  # noqa: E402
+                          slm_messages)
 from corea.models import get_model  # noqa: E402
 from corea.protocol import build_messages, parse_reply, without_confidence  # noqa: E402
 from corea.tasks import get_task  # noqa: E402
@@ -45,6 +49,13 @@ OUT = ROOT / "benchmarks" / "memory" / "context-forms.json"
 def with_context(form: str, question: str, hint: str | None, solved: dict,
                  few_shot: bool) -> list[dict]:
     """The SLM's messages for `question`, with the LLM's solved neighbour in `form`."""
+    if form == "program":
+        program = program_note(solved["output"], solved["answer"])
+        if program is None:
+            raise SystemExit(f"{solved['id']}: the LLM's reply holds no program computing its "
+                             "answer; the program form needs a program LLM's trace")
+        note = Strategy(0, "probe", solved["question"], program, None, solved["model"], 0, 0)
+        return slm_messages(question, hint, [note], few_shot, with_problem=True)
     if form in ("notes", "notes_first"):
         worked = without_confidence(solved["output"]).strip()
         note = Strategy(0, "probe", solved["question"], worked, None, solved["model"], 0, 0)
@@ -102,7 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--slm-trace", type=Path, required=True, help="its plain trace")
     parser.add_argument("--llm-trace", type=Path, required=True,
                         help="the LLM's trace of the same task (its right answers are the context)")
-    parser.add_argument("--form", action="append", choices=("notes", "notes_first", "turns"),
+    parser.add_argument("--form", action="append", choices=("notes", "notes_first", "turns", "program"),
                         help="how the context is given (repeatable; default: notes and turns)")
     parser.add_argument("--limit", type=int, default=40, help="questions (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=OUT,

@@ -816,3 +816,35 @@ def test_the_embedded_pair_learns_a_strategy_and_reuses_it(tmp_path):
     later = [r for r in rows if r["strategies"]]
     assert later and set(later[0]["strategies"]) <= set(stored)
     assert all(r["memory_cost"] > 0 for r in rows if r["stored"] is not None)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@needs_minilm
+def test_a_program_stream_stores_the_llms_programs_for_free_and_quotes_them(tmp_path):
+    """Three arith-mix questions, the embedded SmolLM2 and Qwen both answering by program, the
+    memory in program mode: every deferral the LLM answered right stores its program (no second
+    call), and later questions give it to the SLM quoted with its problem."""
+    from conftest import embedded_installed
+    from corea.memory_bench import StreamPlan, run_stream
+
+    if not (embedded_installed("smollm2") and embedded_installed("qwen")):
+        pytest.skip("the embedded models are not installed")
+    traces = Path(__file__).parents[1] / "benchmarks" / "traces"
+    shutil.copy(traces / "qwen-program-arith-mix.jsonl", tmp_path / "llm.jsonl")
+    plan = StreamPlan(task="arith-mix", limit=3, out=tmp_path / "stream.jsonl",
+                      slm="program:smollm2", llm="program:qwen",
+                      llm_traces=(tmp_path / "llm.jsonl",), store=tmp_path / "m.db",
+                      signal="program_probability", threshold=1.0, write="program")
+    rows = run_stream(plan, progress=False)
+    assert len(rows) == 3 and all(r["deferred"] for r in rows)  # nothing clears 1.0
+    assert all(r["memory_cost"] == 0.0 for r in rows)
+    stored = [r for r in rows if r["stored"] is not None]
+    assert stored, [r["lesson"] for r in rows]
+    for row in stored:  # the note is the LLM's program on one line, computing its answer
+        from corea.program import run_program
+
+        assert row["strategy"].endswith(")") and "print(" in row["strategy"]
+        assert f"{run_program(row['strategy']):g}" == row["cascade_answer"]
+    later = [r for r in rows if r["strategies"]]
+    assert later and set(later[0]["strategies"]) <= {r["stored"] for r in stored}
