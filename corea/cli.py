@@ -118,7 +118,7 @@ def cmd_ask(args) -> int:
     if args.memory:
         from corea.memory_cli import with_memory
 
-        config = with_memory(config, args.memory, args.namespace)
+        config = with_memory(config, args.memory, args.namespace, args.memory_write)
     if args.routing == "step" and config.step is None:
         from corea.steps import StepConfig
 
@@ -545,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "data, and a deferred question's LLM answer may add one")
     ask.add_argument("--namespace", default=None,
                      help="the store's namespace (default: the config's, else 'default')")
+    ask.add_argument("--memory-write", choices=("second_call", "same_call", "program", "off"),
+                     default=None,
+                     help="with --memory: how the LLM writes what is stored (default: the "
+                          "config's, else second_call); program: an LLM answering by program "
+                          "(--llm program:qwen) has its checked program stored, at no extra "
+                          "call, for an SLM that answers by program too")
     _add_model_options(ask)
     _add_generation_options(ask)
     ask.set_defaults(handler=cmd_ask)

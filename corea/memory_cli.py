@@ -16,8 +16,9 @@ import shlex
 from pathlib import Path
 
 
-def with_memory(config, store: str, namespace: str | None = None):
-    """`config` with its memory section pointing at `store` (other memory settings kept)."""
+def with_memory(config, store: str, namespace: str | None = None, write: str | None = None):
+    """`config` with its memory section pointing at `store` (other memory settings kept, except
+    the namespace and write mode given)."""
     from dataclasses import replace
 
     from corea.memory import MemoryConfig
@@ -25,6 +26,8 @@ def with_memory(config, store: str, namespace: str | None = None):
     memory = replace(config.memory, store=store) if config.memory else MemoryConfig(store=store)
     if namespace:
         memory = replace(memory, namespace=namespace)
+    if write:
+        memory = replace(memory, write=write)
     return replace(config, memory=memory)
 
 

@@ -547,6 +547,17 @@ def test_ask_with_memory_shows_the_strategies_and_a_bad_store_is_named(tmp_path,
     assert json.loads(out)["strategies"] == [stored]
     code, out, _ = run_corea(capsys, "ask", APPLES, *common, "--memory", str(tmp_path / "m.db"))
     assert f"#{stored}" in out and "Multiply, then subtract." in out
+    # The write mode can be chosen with the store; program mode quotes each note's problem.
+    from corea.cascade import CascadeConfig
+    from corea.memory_cli import with_memory
+
+    config = with_memory(CascadeConfig.from_dict({"tiers": [{"model": "a", "threshold": 0.5},
+                                                                 {"model": "b"}]}),
+                         str(tmp_path / "m.db"), None, "program")
+    assert config.memory.write == "program" and config.memory.with_problem
+    code, out, err = run_corea(capsys, "ask", APPLES, *common, "--memory", str(tmp_path / "m.db"),
+                               "--memory-write", "program", "--json")
+    assert code == 0 and json.loads(out)["strategies"] == [stored], err
     broken = tmp_path / "broken.db"
     broken.write_text("not a database\n" * 20)
     code, _, err = run_corea(capsys, "ask", APPLES, *common, "--memory", str(broken))
