@@ -3,10 +3,12 @@
     python benchmarks/program_llm.py --task arith-mix --task svamp --task gsm8k
 
 For each set with a program table (`benchmarks/traces/qwen-program-TASK.jsonl`, written by
-`python -m corea trace --model program:qwen --task TASK`), the shipped SLM's table (read on the
-signal it is served with, through its Platt map) is swept against the plain LLM and against the
-program LLM on the same questions: the best saving within 2 points of each LLM alone, and the
-threshold chosen on two thirds of the questions checked on the other third. Writes
+`python -m corea trace --model program:qwen --task TASK`), each SLM's table (read on the signal it
+is served with, through its Platt map) is swept against the plain LLM and against the program LLM
+on the same questions: the best saving within 2 points of each LLM alone, and the threshold
+chosen on two thirds of the questions checked on the other third. The SLMs: the shipped default
+(`smollm2-calibrated-TASK.jsonl`) and the shipped SLM that answers by program
+(`smollm2-program-TASK.jsonl`, adapters/smollm2-135m-program). Writes
 benchmarks/results/program_llm.json and the matching section of benchmarks/REPORT.md (no model
 runs).
 """
@@ -33,7 +35,7 @@ from corea.signals import with_signal  # noqa: E402
 from corea.traces import read_trace  # noqa: E402
 
 TRACES = ROOT / "benchmarks" / "traces"
-SLM_TABLE = "smollm2-calibrated-{task}.jsonl"
+SLM_TABLES = ("smollm2-calibrated-{task}.jsonl", "smollm2-program-{task}.jsonl")
 LLM_TABLES = {"plain": "qwen-{task}.jsonl", "program": "qwen-program-{task}.jsonl"}
 
 
@@ -44,9 +46,9 @@ def _point(point: dict | None) -> dict | None:
             "saving": 1 - point["relative_cost"], "llm_share": point["llm_share"]}
 
 
-def measure(task: str, traces: Path = TRACES) -> dict | None:
-    """The shipped SLM against both LLMs on the questions all three tables hold."""
-    paths = {"slm": traces / SLM_TABLE.format(task=task),
+def measure(task: str, slm_table: str, traces: Path = TRACES) -> dict | None:
+    """An SLM against both LLMs on the questions all three tables hold."""
+    paths = {"slm": traces / slm_table.format(task=task),
              **{kind: traces / name.format(task=task) for kind, name in LLM_TABLES.items()}}
     if not all(path.is_file() for path in paths.values()):
         return None
@@ -75,14 +77,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", action="append", required=True)
     args = parser.parse_args(argv)
-    measured = [m for m in (measure(task) for task in args.task) if m is not None]
+    measured = [m for m in (measure(task, slm) for task in args.task for slm in SLM_TABLES)
+                if m is not None]
     missing = [task for task in args.task if task not in {m["task"] for m in measured}]
     if missing:
         print(f"no program table (or SLM/LLM table) for {', '.join(missing)}: trace it with "
               "`python -m corea trace --model program:qwen --task TASK`", file=sys.stderr)
     if not measured:
         return 1
-    tasks = " ".join(f"--task {m['task']}" for m in measured)
+    tasks = " ".join(f"--task {task}" for task in dict.fromkeys(m["task"] for m in measured))
     result = {"command": f"python benchmarks/program_llm.py {tasks}",
               "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "tasks": measured}

@@ -523,7 +523,7 @@ PROGRAM_SECTION = "## The LLM answering by program"
 
 
 def program_llm_lines(results: Path = RESULTS_DIR) -> list[str]:
-    """The shipped SLM in front of the LLM answering plainly and by program (corea.program),
+    """The shipped SLMs in front of the LLM answering plainly and by program (corea.program),
     read from the results benchmarks/program_llm.py writes."""
     import json
 
@@ -545,20 +545,24 @@ def program_llm_lines(results: Path = RESULTS_DIR) -> list[str]:
 
     lines = [PROGRAM_SECTION, "",
              f"From `{result['command']}` ({result['date']}, {result['machine']}), no model "
-             "runs: the committed tables of the shipped SLM (read on the signal it is served "
-             "with) and of the embedded LLM asked plainly (`qwen-TASK.jsonl`) and by program "
+             "runs: the committed tables of the shipped SLMs (read on the signal each is served "
+             "with: the default SLM answering in prose, `smollm2-calibrated-TASK.jsonl`, and "
+             "the SLM answering by program, `smollm2-program-TASK.jsonl`) and of the embedded "
+             "LLM asked plainly (`qwen-TASK.jsonl`) and by program "
              "(`program:qwen`, `qwen-program-TASK.jsonl`: it writes one assignment per sentence "
              "and corea runs the program), on the same questions. Saving: of the cost of that "
              "LLM alone, at the cheapest threshold within 2 points of its accuracy; held out: "
              "that threshold chosen on two of every three questions, loss and saving on the "
              "third.", "",
-             "| set | questions | SLM | LLM plain · by program (its cost vs plain) | LLM | "
-             "AUROC | best within 2 points | held out |", "|---|---|---|---|---|---|---|---|"]
+             "| set | questions | SLM (signal) | SLM right | LLM plain · by program (its cost "
+             "vs plain) | LLM | AUROC | best within 2 points | held out |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for task in result["tasks"]:
         for kind in ("plain", "program"):
             entry = task[kind]
             lines.append(
-                f"| {task['task']} | {task['questions']} | {_pct(task['slm_accuracy'])} | "
+                f"| {task['task']} | {task['questions']} | {task['slm_model']} "
+                f"({task['signal']}) | {_pct(task['slm_accuracy'])} | "
                 f"{_pct(task['plain']['accuracy'])} · {_pct(task['program']['accuracy'])} "
                 f"({_pct(task['program_cost_vs_plain'])}) | {kind} | {_num(entry['auroc'])} | "
                 f"{best(entry)} | {held_out(entry)} |")

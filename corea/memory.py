@@ -724,9 +724,10 @@ def strategy_request(question: str, solution: str) -> list[dict]:
 
 def program_note(reply: str, answer: str | None) -> str | None:
     """The program of a program LLM's reply as one line, when the sandbox runs it to `answer`."""
-    from corea.program import ProgramError, extract_code, format_number, one_line, run_program
+    from corea.program import (ProgramError, finished_program, format_number, one_line,
+                               run_program)
 
-    code = extract_code(reply)
+    code = finished_program(reply)
     try:
         value = format_number(run_program(code))
     except (ProgramError, ArithmeticError):

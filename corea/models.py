@@ -768,9 +768,11 @@ def load_model(spec: str, *, adapter: str | Path | None = None, backend: str = "
     from corea import program
 
     if program.is_program_spec(spec):
-        return program.ProgramAidedModel(load_model(
-            program.base_spec(spec), adapter=adapter, backend=backend, token=token,
-            trust_remote_code=trust_remote_code, logprobs=logprobs))
+        inner = load_model(program.base_spec(spec), adapter=adapter, backend=backend, token=token,
+                           trust_remote_code=trust_remote_code, logprobs=logprobs)
+        # An adapter trained to answer by program is served that way already.
+        return inner if isinstance(inner, program.ProgramAidedModel) \
+            else program.ProgramAidedModel(inner)
     if spec.startswith(("http://", "https://")):
         base_url, model_id = _parse_endpoint(spec)
         return EndpointModel(base_url, model_id, token=token, logprobs=logprobs)
@@ -821,6 +823,10 @@ def _load_adapter_dir(path: Path, backend: str, logprobs: bool = False) -> Model
         model.name = f"{model.name}+{path.name}"
     model.few_shot = serving.get("few_shot", True)
     model.confidence_map = adapter_map(path)
+    if serving.get("program"):  # trained to answer by program (corea.program)
+        from corea.program import ProgramAidedModel
+
+        return ProgramAidedModel(model)
     return model
 
 

@@ -102,6 +102,13 @@ def run_program(code: str) -> float:
     return result
 
 
+def finished_program(reply: str) -> str:
+    """The program of a reply finish_reply completed: its code, without the `Answer:` line that
+    was appended (which, where the program is not fenced, would be read as code)."""
+    head, _, last = (reply or "").rstrip().rpartition("\n")
+    return extract_code(head if last.startswith("Answer:") else reply)
+
+
 def one_line(code: str) -> str:
     """A program as one line of statements (`books = 12; books -= 7; print(books)`): comments
     and layout dropped, so it can be quoted as a note."""

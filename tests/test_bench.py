@@ -290,7 +290,7 @@ def test_program_llm_section_measures_both_llms_on_the_same_questions(tmp_path, 
                                          for i in range(13)])
     table("qwen-t.jsonl", [row(i, "qwen", i % 2 == 0, 10.0) for i in range(13)])
     table("qwen-program-t.jsonl", [row(i, "program:qwen", True, 8.0) for i in range(12)])
-    measured = program_llm.measure("t", traces=tmp_path)
+    measured = program_llm.measure("t", program_llm.SLM_TABLES[0], traces=tmp_path)
     assert measured["questions"] == 12 and measured["signal"] == "verbalized"
     assert (measured["plain"]["accuracy"], measured["program"]["accuracy"]) == (0.5, 1.0)
     assert measured["program_cost_vs_plain"] == pytest.approx(0.8)
@@ -298,7 +298,9 @@ def test_program_llm_section_measures_both_llms_on_the_same_questions(tmp_path, 
     # calls: (12 x 1 + 6 x 8) / (12 x 8) of its cost.
     best = measured["program"]["best_within_2pt"]
     assert best["accuracy"] == 1.0 and best["saving"] == pytest.approx(1 - 60 / 96)
-    assert program_llm.measure("missing", traces=tmp_path) is None
+    assert program_llm.measure("missing", program_llm.SLM_TABLES[0], traces=tmp_path) is None
+    # An SLM without its table on the set is left out, not an error.
+    assert program_llm.measure("t", program_llm.SLM_TABLES[1], traces=tmp_path) is None
 
     (tmp_path / "program_llm.json").write_text(json.dumps({
         "command": "python benchmarks/program_llm.py --task t", "date": "2025-01-01",
@@ -307,4 +309,5 @@ def test_program_llm_section_measures_both_llms_on_the_same_questions(tmp_path, 
     assert lines[0] == PROGRAM_SECTION
     program_row = next(line for line in lines if "| program |" in line)
     assert "37.5% (acc 100.0%, 50.0% to the LLM)" in program_row
+    assert "| slm (verbalized) | 50.0% |" in program_row
     assert program_llm_lines(tmp_path / "none") == []

@@ -123,6 +123,25 @@ def test_requests_that_are_not_questions_reach_the_model_unchanged(tiny_model):
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.skipif(not embedded_installed("smollm2"), reason="embedded SLM not installed")
+def test_the_shipped_program_slm_answers_by_program_and_says_how_sure():
+    from corea.cascade import Cascade, Tier
+    from corea.costs import Price
+
+    model = load_model("smollm2-135m-program", logprobs=True)
+    assert isinstance(model, ProgramAidedModel)
+    assert model.confidence_map is not None and model.confidence_map.signal == \
+        "program_probability"
+    question = "Kim has 14 shells. Then Kim gives away 10 shells. How many shells does Kim have now?"
+    cascade = Cascade([Tier(model, 0.5, Price(1.0, 1.0), "program_probability"),
+                       Tier(model, None, Price(1.0, 1.0))], GenerationConfig(max_new_tokens=80))
+    step = cascade.answer(question, hint="Give the final answer as a number.").steps[0]
+    assert "```python" in step.generation.text and step.parsed.answer == "4"
+    assert 0.5 <= step.confidence <= 1.0 and step.decision == "kept"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.skipif(not embedded_installed("qwen"), reason="embedded LLM not installed")
 def test_the_embedded_llm_answers_by_program():
     model = load_model("program:qwen", backend="llama.cpp")

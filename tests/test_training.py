@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -268,3 +269,21 @@ def test_cpu_smoke_config_on_the_embedded_slm(tmp_path):
     run = json.loads((tmp_path / "smoke" / "run.json").read_text())
     assert run["steps"] == 3 and run["log_finite"]
     assert run["after"]["all"]["n"] == 4
+
+
+def test_an_adapter_trained_to_answer_by_program_is_served_by_program(tiny_run, tmp_path):
+    from corea.models import load_model
+    from corea.program import ProgramAidedModel
+    from training.adapters import write_serving
+    from training.config import load_config
+
+    adapter = tmp_path / "program-adapter"
+    shutil.copytree(tiny_run / "run" / "adapter", adapter)
+    write_serving(adapter, load_config("training/configs/cpu-program-sft-made-up.yaml"))
+    assert json.loads((adapter / "corea.json").read_text()) == {"few_shot": False,
+                                                                 "program": True}
+    model = load_model(str(adapter))
+    assert isinstance(model, ProgramAidedModel) and not isinstance(model.inner, ProgramAidedModel)
+    assert model.few_shot is False and model.name.startswith("program:")
+    # Named with the prefix too, it is wrapped once.
+    assert load_model(f"program:{adapter}").name == model.name

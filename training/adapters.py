@@ -30,8 +30,11 @@ def model_to_train(config: TrainConfig, checkpoint: str, adapter: Path | None):
 
 def write_serving(adapter_dir: Path, config: TrainConfig) -> None:
     """corea.json beside the adapter: how it is to be served (corea.embedded.adapter_serving),
-    so a model trained zero-shot is asked zero-shot wherever it is loaded."""
+    so a model trained zero-shot is asked zero-shot, and one trained to answer by program is
+    asked for programs, wherever it is loaded."""
     import json
 
-    (Path(adapter_dir) / "corea.json").write_text(
-        json.dumps({"few_shot": config.few_shot}, indent=2) + "\n")
+    serving = {"few_shot": config.few_shot}
+    if config.sft_programs:  # it answers by program, so it is served as program:<adapter>
+        serving["program"] = True
+    (Path(adapter_dir) / "corea.json").write_text(json.dumps(serving, indent=2) + "\n")
