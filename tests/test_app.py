@@ -244,3 +244,19 @@ def test_the_tabs_start_from_how_the_chosen_slm_is_served():
     signal, served = embedded.serving_defaults(embedded.default_slm())
     assert (SIGNAL_CHOICES[label], threshold) == (signal, served)
     assert serving_for_ui("smollm2") == ("stated confidence", 0.8)
+    # Every shipped SLM is offered with the signal it declares (the one answering by program
+    # defers on how probable its program was).
+    for slm in slm_choices():
+        assert SIGNAL_CHOICES[serving_for_ui(slm)[0]] == embedded.serving_defaults(slm)[0]
+    assert serving_for_ui("smollm2-135m-program")[0] == "program token probability"
+
+
+def test_a_bundled_slm_variant_pairs_with_the_same_variant_of_the_llm():
+    from corea.ui.common import bundled_trace_pairs
+
+    pairs = {label: (slm.name, llm.name) for label, (slm, llm) in bundled_trace_pairs().items()}
+    assert pairs["arith-mix (program)"] == ("smollm2-program-arith-mix.jsonl",
+                                            "qwen-program-arith-mix.jsonl")
+    assert pairs["arith-mix (calibrated)"] == ("smollm2-calibrated-arith-mix.jsonl",
+                                               "qwen-arith-mix.jsonl")
+    assert pairs["arith-mix"] == ("smollm2-arith-mix.jsonl", "qwen-arith-mix.jsonl")

@@ -58,7 +58,8 @@ def llm_choices() -> list[str]:
 SIGNAL_CHOICES = {"stated confidence": "verbalized",
                   "answer token probability": "answer_probability",
                   "first-token margin": "first_token_margin",
-                  "stated confidence, mean over its digits": "verbalized_mean"}
+                  "stated confidence, mean over its digits": "verbalized_mean",
+                  "program token probability": "program_probability"}
 
 
 def serving_for_ui(slm: str) -> tuple[str, float]:
@@ -103,17 +104,24 @@ def bundled_trace_pairs() -> dict[str, tuple[Path, Path]]:
     """Label -> (SLM trace, LLM trace) for the default pair's committed trace tables.
 
     `smollm2-TASK.jsonl` pairs with `qwen-TASK.jsonl`; a variant of the SLM such as
-    `smollm2-calibrated-TASK.jsonl` pairs with the same LLM table, labelled "TASK (calibrated)".
-    Sampled runs (self-consistency material) are not offered.
+    `smollm2-calibrated-TASK.jsonl` pairs with the same variant of the LLM where there is one
+    (`smollm2-program-TASK.jsonl`, the SLM answering by program, with `qwen-program-TASK.jsonl`),
+    else with the plain LLM table, labelled "TASK (calibrated)". Sampled runs
+    (self-consistency material) are not offered.
     """
     pairs = {}
     for slm in sorted(BUNDLED_TRACES.glob(f"{SLM_PREFIX}*.jsonl")):
         name = slm.name.removeprefix(SLM_PREFIX).removesuffix(".jsonl")
         variant, _, task = name.partition("-")
-        candidates = [(name, name)] + ([(task, f"{task} ({variant})")] if task else [])
-        for llm_task, label in candidates:
-            llm = BUNDLED_TRACES / f"{LLM_PREFIX}{llm_task}.jsonl"
-            if llm.is_file() and not variant.startswith("sample"):
-                pairs[label] = (slm, llm)
-                break
+        if variant.startswith("sample"):
+            continue
+        if task and _llm_table(task).is_file():  # a variant of the SLM on TASK
+            llm = _llm_table(name) if _llm_table(name).is_file() else _llm_table(task)
+            pairs[f"{task} ({variant})"] = (slm, llm)
+        elif _llm_table(name).is_file():
+            pairs[name] = (slm, _llm_table(name))
     return pairs
+
+
+def _llm_table(stem: str) -> Path:
+    return BUNDLED_TRACES / f"{LLM_PREFIX}{stem}.jsonl"
