@@ -273,21 +273,27 @@ class Cascade:
         if self.step is not None:
             return step_answer_batch(self, questions, hint=hint, golds=golds, checker=checker)
         recalls = self.recall(questions)
-        results = [self._with_recall(CascadeResult(q.strip()), recall)
+        on_doubt = self.consults_on_doubt
+        results = [self._with_recall(CascadeResult(q.strip()), recall, given=not on_doubt)
                    for q, recall in zip(questions, recalls)]
         pending = list(range(len(questions)))
         for index, tier in enumerate(self.tiers):
             if not pending:
                 break
             generations = tier.model.generate(
-                [self.tier_messages(index, questions[i], hint, recalls[i]) for i in pending],
-                self.tier_generation(index))
-            still_pending = []
-            for question_index, generation in zip(pending, generations):
-                step = self.decide(index, generation)
-                results[question_index].steps.append(step)
-                if step.decision == "deferred":
-                    still_pending.append(question_index)
+                [self.tier_messages(index, questions[i], hint, recalls[i], notes=not on_doubt)
+                 for i in pending], self.tier_generation(index))
+            still_pending = self._decide_all(index, pending, generations, results)
+            retry = [i for i in still_pending if index == 0 and on_doubt and recalls[i] is not None
+                     and recalls[i].strategies]
+            if retry:  # in doubt: asked again, with the notes
+                generations = tier.model.generate(
+                    [self.tier_messages(0, questions[i], hint, recalls[i]) for i in retry],
+                    self.tier_generation(0))
+                for i in retry:
+                    results[i].strategies = recalls[i].ids
+                again = set(self._decide_all(0, retry, generations, results))
+                still_pending = [i for i in still_pending if i not in retry or i in again]
             pending = still_pending
         for result in results:
             self.learn(result)
@@ -295,6 +301,17 @@ class Cascade:
             for result, gold in zip(results, golds):
                 result.correct = is_correct(result.answer, gold, checker)
         return results
+
+    def _decide_all(self, index: int, pending: list[int], generations: list[Generation],
+                    results: list[CascadeResult]) -> list[int]:
+        """Tier `index`'s step for each pending question; the ones it defers."""
+        deferred = []
+        for question_index, generation in zip(pending, generations):
+            step = self.decide(index, generation)
+            results[question_index].steps.append(step)
+            if step.decision == "deferred":
+                deferred.append(question_index)
+        return deferred
 
     def answer(self, question: str, *, hint: str | None = None) -> CascadeResult:
         return self.answer_batch([question], hint=hint)[0]
@@ -306,14 +323,19 @@ class Cascade:
             yield from step_events(self, question, hint=hint)
             return
         recall = self.recall([question])[0]
-        result = self._with_recall(CascadeResult(question.strip()), recall)
-        if recall is not None:
+        on_doubt = self.consults_on_doubt
+        result = self._with_recall(CascadeResult(question.strip()), recall, given=not on_doubt)
+        if recall is not None and (not on_doubt or recall.note):
             yield {"type": "memory", "recall": recall}
         start = time.perf_counter()
-        for index, tier in enumerate(self.tiers):
+        for index, with_notes in self.tier_attempts(recall):
+            tier = self.tiers[index]
+            if index == 0 and with_notes and on_doubt:
+                result.strategies = recall.ids
+                yield {"type": "memory", "recall": recall}
             yield {"type": "tier_start", "tier": index + 1, "model": tier.model.name}
             final = None
-            messages = self.tier_messages(index, question, hint, recall)
+            messages = self.tier_messages(index, question, hint, recall, notes=with_notes)
             for generation in tier.model.stream(messages, self.tier_generation(index)):
                 if generation.done:
                     final = generation
@@ -334,10 +356,26 @@ class Cascade:
             return [None] * len(questions)
         return self.memory.recall(questions)
 
+    def tier_attempts(self, recall: Recall | None) -> list[tuple[int, bool]]:
+        """(tier index, with memory's notes) in the order a question meets them until one keeps
+        its answer: consulting on doubt, the SLM is asked again with the notes before the next
+        tier, when memory recalled any."""
+        on_doubt = self.consults_on_doubt
+        attempts = [(index, not on_doubt) for index in range(len(self.tiers))]
+        if on_doubt and recall is not None and recall.strategies:
+            attempts.insert(1, (0, True))
+        return attempts
+
+    @property
+    def consults_on_doubt(self) -> bool:
+        """Whether the SLM reads memory's notes only when it would defer without them."""
+        return self.memory is not None and self.memory.config.consult == "on_doubt"
+
     def tier_messages(self, index: int, question: str, hint: str | None,
-                      recall: Recall | None) -> list[dict]:
+                      recall: Recall | None, notes: bool = True) -> list[dict]:
+        """Tier `index`'s messages; the SLM's carry memory's notes unless `notes` is False."""
         few_shot = self.tiers[index].model.few_shot
-        if self.memory is None:
+        if self.memory is None or (index == 0 and not notes):
             return build_messages(question, hint=hint, few_shot=few_shot)
         if index == 0:
             return self.memory.slm_messages(question, hint, recall or Recall(), few_shot)
@@ -346,9 +384,14 @@ class Cascade:
         return build_messages(question, hint=hint, few_shot=few_shot)
 
     @staticmethod
-    def _with_recall(result: CascadeResult, recall: Recall | None) -> CascadeResult:
+    def _with_recall(result: CascadeResult, recall: Recall | None,
+                     given: bool = True) -> CascadeResult:
+        """`result` noting what memory recalled; its strategies count as given to the SLM when
+        they go into its first prompt (`given`), else once it is asked again with them."""
         if recall is not None:
-            result.strategies, result.memory_note = recall.ids, recall.note
+            result.memory_note = recall.note
+            if given:
+                result.strategies = recall.ids
         return result
 
     def learn(self, result: CascadeResult) -> None:

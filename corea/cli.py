@@ -118,7 +118,8 @@ def cmd_ask(args) -> int:
     if args.memory:
         from corea.memory_cli import with_memory
 
-        config = with_memory(config, args.memory, args.namespace, args.memory_write)
+        config = with_memory(config, args.memory, args.namespace, args.memory_write,
+                             args.memory_consult)
     if args.routing == "step" and config.step is None:
         from corea.steps import StepConfig
 
@@ -551,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "config's, else second_call); program: an LLM answering by program "
                           "(--llm program:qwen) has its checked program stored, at no extra "
                           "call, for an SLM that answers by program too")
+    ask.add_argument("--memory-consult", choices=("always", "on_doubt"), default=None,
+                     help="with --memory: when the SLM reads the notes (default: the config's, "
+                          "else always); on_doubt: it answers without them first and is asked "
+                          "again with them only when it would defer")
     _add_model_options(ask)
     _add_generation_options(ask)
     ask.set_defaults(handler=cmd_ask)

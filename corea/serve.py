@@ -206,9 +206,12 @@ class CascadeService:
         (`live=False` calls every tier whole)."""
         recall = self.cascade.recall([question])[0]  # None without a strategy memory
         steps, failed = [], []
+        given = [] if self.cascade.consults_on_doubt or recall is None else recall.ids
         last = len(self.cascade.tiers) - 1
-        for index in range(len(self.cascade.tiers)):
-            messages = self.cascade.tier_messages(index, question, None, recall)
+        for index, with_notes in self.cascade.tier_attempts(recall):
+            messages = self.cascade.tier_messages(index, question, None, recall, notes=with_notes)
+            if index == 0 and with_notes and recall is not None:
+                given = recall.ids
             sent = 0
             if not live or index < last or not self.health[index].available():
                 generation = self._call(index, messages, config)
@@ -226,18 +229,19 @@ class CascadeService:
         result = self._result(steps, failed)
         if result["fallback"]:
             yield "delta", result["final"].generation.text
-        result["memory"] = self._memory(question, steps, recall)
+        result["memory"] = self._memory(question, steps, recall, given)
         yield "result", result
 
-    def _memory(self, question: str, steps: list[TierStep], recall) -> dict | None:
+    def _memory(self, question: str, steps: list[TierStep], recall,
+                given: list[int]) -> dict | None:
         """The strategies the SLM was given, and what a deferral taught the store."""
         if recall is None:
             return None
-        answered = CascadeResult(question, list(steps), strategies=recall.ids,
+        answered = CascadeResult(question, list(steps), strategies=given,
                                  memory_note=recall.note)
         self.cascade.learn(answered)
         lesson = answered.lesson
-        return {"strategies": recall.ids, "note": answered.memory_note,
+        return {"strategies": given, "note": answered.memory_note,
                 "strategy_cost": answered.memory_cost,
                 "lesson": None if lesson is None else {"reason": lesson.reason,
                                                        "stored_id": lesson.stored_id}}

@@ -20,7 +20,7 @@ from corea.costs import Price
 from corea.memory import (NOTES_HEADER, MemoryConfig, Recall, StoreError, StrategyMemory,
                           StrategyStore, Strategy, export_jsonl, import_jsonl, open_store,
                           parse_strategy, slm_messages)
-from corea.models import Generation, GenerationConfig
+from corea.models import Generation, GenerationConfig, Model
 from corea.protocol import build_messages, format_reply, parse_reply
 from corea.traces import TraceError, parse_trace_lines
 
@@ -628,6 +628,16 @@ def test_serve_gives_the_slm_the_configured_stores_strategies(tmp_path, tiny_mod
         "stream": True, "messages": [{"role": "user", "content": APPLES}]})
     last = [line for line in streamed.text.splitlines() if line.startswith("data: {")][-1]
     assert json.loads(last[6:])["corea"]["memory"]["strategies"] == [stored]
+    # Consulting on doubt: a kept first answer was given no notes; a doubtful one was.
+    for threshold, given in ((0.0, []), (1.0, [stored])):
+        config = CascadeConfig.from_dict({
+            "tiers": [{"model": str(tiny_model_dir), "threshold": threshold},
+                      {"model": str(tiny_model_dir)}], "generation": {"max_new_tokens": 4},
+            "memory": {"store": str(tmp_path / "m.db"), "consult": "on_doubt"}})
+        client = TestClient(create_app(Cascade.from_config(config)))
+        asked = client.post("/v1/chat/completions",
+                            json={"messages": [{"role": "user", "content": APPLES}]})
+        assert asked.json()["corea"]["memory"]["strategies"] == given
 
 
 @needs_minilm
@@ -863,3 +873,45 @@ def test_a_program_stream_stores_the_llms_programs_for_free_and_quotes_them(tmp_
         assert f"{run_program(row['strategy']):g}" == row["cascade_answer"]
     later = [r for r in rows if r["strategies"]]
     assert later and set(later[0]["strategies"]) <= {r["stored"] for r in stored}
+
+
+class Recording(Model):
+    """A real model that keeps the conversations it was asked."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.asked = inner, inner.name, []
+        self.few_shot = inner.few_shot
+
+    def generate(self, conversations, config=GenerationConfig()):
+        self.asked.extend(conversations)
+        return self.inner.generate(conversations, config)
+
+
+@needs_minilm
+@pytest.mark.parametrize("threshold, asked, tiers", [(1.0, 2, [1, 1, 2]), (0.0, 1, [1])])
+def test_consulting_on_doubt_asks_the_slm_again_with_the_notes_only_before_deferring(
+        tmp_path, tiny_model, tiny_model_b, embedder, threshold, asked, tiers):
+    memory = StrategyMemory(MemoryConfig(store=str(tmp_path / "m.db"), write="same_call",
+                                         consult="on_doubt"), embedder=embedder)
+    keys = embedder.encode([APPLES, "Multiply, then subtract."])
+    stored, _ = memory.store.add("default", APPLES, "Multiply, then subtract.",
+                                 key_embedding=keys[0], text_embedding=keys[1])
+    slm = Recording(tiny_model)
+    cascade = Cascade([Tier(slm, threshold, Price(1.0, 1.0)),
+                       Tier(tiny_model_b, None, Price(10.0, 10.0))], SHORT, memory)
+    result = cascade.answer(APPLES)
+    assert [step.tier for step in result.steps] == tiers and len(slm.asked) == asked
+    assert "Multiply, then subtract." not in slm.asked[0][-1]["content"]  # first: no notes
+    if asked == 2:  # in doubt: asked again with them, and both calls are paid
+        assert "Multiply, then subtract." in slm.asked[1][-1]["content"]
+        assert result.strategies == [stored]
+        assert result.cost == pytest.approx(sum(step.cost for step in result.steps))
+    else:
+        assert result.strategies == []
+    # The streamed path asks the same way, and shows the notes only when it gives them.
+    events = list(cascade.events(APPLES))
+    tier_starts = [e["tier"] for e in events if e["type"] == "tier_start"]
+    assert tier_starts == tiers
+    assert sum(e["type"] == "memory" for e in events) == (asked == 2)
+    with pytest.raises(StoreError, match="consult"):
+        MemoryConfig(store="m.db", consult="sometimes")
