@@ -641,6 +641,17 @@ def test_serve_gives_the_slm_the_configured_stores_strategies(tmp_path, tiny_mod
 
 
 @needs_minilm
+def test_the_ask_tab_stores_programs_when_both_models_answer_by_program(tmp_path, monkeypatch):
+    from corea.ui import memory as tab
+
+    monkeypatch.setenv("COREA_MEMORY_DIR", str(tmp_path))
+    prose, programs = tab.memory_for("team", "default"), tab.memory_for("team", "default", True)
+    assert (prose.config.write, prose.config.consult) == ("second_call", "always")
+    assert (programs.config.write, programs.config.consult) == ("program", "on_doubt")
+    assert programs.config.store == prose.config.store  # one store, read both ways
+
+
+@needs_minilm
 def test_memory_tab_browses_searches_deletes_and_exports(tmp_path, monkeypatch, embedder):
     import gradio as gr
 

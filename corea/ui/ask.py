@@ -9,6 +9,7 @@ import gradio as gr
 from corea.cascade import Cascade, Tier
 from corea.costs import resolve_price
 from corea.models import GenerationConfig, ModelError
+from corea.program import ProgramAidedModel
 from corea.protocol import validate_question
 from corea.tasks import HINTS, get_task
 from corea.ui.common import (SIGNAL_CHOICES, gpu, llm_choices, load_for_ui, served_as,
@@ -72,7 +73,8 @@ def ask(question, slm, llm, endpoint_model, token, threshold, answer_kind,
     # Step routing reads the SLM's token probabilities, as the token signals do.
     slm_model = load_for_ui(slm, signal="answer_probability" if per_step else signal)
     llm_model = load_for_ui(llm, endpoint_model, token)
-    memory = memory_for(memory_store, memory_namespace) if use_memory else None
+    by_program = all(isinstance(m, ProgramAidedModel) for m in (slm_model, llm_model))
+    memory = memory_for(memory_store, memory_namespace, by_program) if use_memory else None
     cascade = Cascade([Tier(slm_model, float(threshold), resolve_price(slm_model.name), signal),
                        Tier(llm_model, None, resolve_price(llm_model.name))],
                       GenerationConfig(max_new_tokens=int(max_new_tokens), stop_when_done=True),

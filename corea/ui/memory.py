@@ -48,14 +48,18 @@ def store_location(name: str) -> str:
     return str(memory_dir() / (name if name.endswith(".db") else f"{name}.db"))
 
 
-def memory_for(name: str, namespace: str) -> StrategyMemory:
-    """One StrategyMemory per store and namespace per process (the encoder loads once)."""
+def memory_for(name: str, namespace: str, by_program: bool = False) -> StrategyMemory:
+    """One StrategyMemory per store, namespace and mode per process (the encoder loads once).
+    When both models answer by program (`by_program`), the LLM's programs are stored and the SLM
+    reads them on doubt, the setup that saved most (benchmarks/memory/README.md)."""
     namespace = (namespace or "").strip() or "default"
-    key = (store_location(name), namespace)
+    key = (store_location(name), namespace, by_program)
+    mode = {"write": "program", "consult": "on_doubt"} if by_program else {}
     with _MEMORIES_LOCK:
         if key not in _MEMORIES:
             try:
-                _MEMORIES[key] = StrategyMemory(MemoryConfig(store=key[0], namespace=namespace))
+                _MEMORIES[key] = StrategyMemory(MemoryConfig(store=key[0], namespace=namespace,
+                                                             **mode))
             except StoreError as error:
                 raise gr.Error(_public(str(error))) from None
         return _MEMORIES[key]
