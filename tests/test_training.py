@@ -287,3 +287,20 @@ def test_an_adapter_trained_to_answer_by_program_is_served_by_program(tiny_run, 
     assert model.few_shot is False and model.name.startswith("program:")
     # Named with the prefix too, it is wrapped once.
     assert load_model(f"program:{adapter}").name == model.name
+
+
+def test_an_adapter_copied_in_fp16_keeps_its_files_and_halves_its_weights(tiny_run, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    from adapter_fp16 import to_fp16
+    from safetensors.torch import load_file
+
+    source = tiny_run / "run" / "adapter"
+    written = to_fp16(source, tmp_path / "shipped")
+    before, after = load_file(source / written.name), load_file(written)
+    assert before.keys() == after.keys()
+    assert {str(t.dtype) for t in after.values()} == {"torch.float16"}
+    for key, tensor in before.items():
+        assert (after[key].float() - tensor.float()).abs().max() <= 1e-3 * (1 + tensor.abs().max())
+    assert (tmp_path / "shipped" / "adapter_config.json").read_text() == \
+        (source / "adapter_config.json").read_text()
+    assert not (tmp_path / "shipped" / "training_args.bin").exists()
