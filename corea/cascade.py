@@ -284,8 +284,8 @@ class Cascade:
                 [self.tier_messages(index, questions[i], hint, recalls[i], notes=not on_doubt)
                  for i in pending], self.tier_generation(index))
             still_pending = self._decide_all(index, pending, generations, results)
-            retry = [i for i in still_pending if index == 0 and on_doubt and recalls[i] is not None
-                     and recalls[i].strategies]
+            retry = [i for i in still_pending if recalls[i] is not None and recalls[i].strategies] \
+                if index == 0 and on_doubt else []
             if retry:  # in doubt: asked again, with the notes
                 generations = tier.model.generate(
                     [self.tier_messages(0, questions[i], hint, recalls[i]) for i in retry],
