@@ -504,6 +504,8 @@ def cmd_probe(args) -> int:
 # ------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    from corea.memory import CONSULT_MODES, WRITE_MODES  # the memory commands load it anyway
+
     parser = argparse.ArgumentParser(
         prog="python -m corea", description=__doc__.split("\n\n")[0],
         epilog="Run `python -m corea COMMAND --help` for a command's options.",
@@ -546,13 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "data, and a deferred question's LLM answer may add one")
     ask.add_argument("--namespace", default=None,
                      help="the store's namespace (default: the config's, else 'default')")
-    ask.add_argument("--memory-write", choices=("second_call", "same_call", "program", "off"),
+    ask.add_argument("--memory-write", choices=WRITE_MODES,
                      default=None,
                      help="with --memory: how the LLM writes what is stored (default: the "
                           "config's, else second_call); program: an LLM answering by program "
                           "(--llm program:qwen) has its checked program stored, at no extra "
                           "call, for an SLM that answers by program too")
-    ask.add_argument("--memory-consult", choices=("always", "on_doubt"), default=None,
+    ask.add_argument("--memory-consult", choices=CONSULT_MODES, default=None,
                      help="with --memory: when the SLM reads the notes (default: the config's, "
                           "else always); on_doubt: it answers without them first and is asked "
                           "again with them only when it would defer")

@@ -171,7 +171,7 @@ def _stream_command(numbers: Path, out: Path) -> str | None:
 
 def add_commands(commands) -> None:
     """The `memory` and `bench-memory` subcommands, added to corea's command parser."""
-    from corea.memory import DEFAULT_EMBEDDER
+    from corea.memory import CONSULT_MODES, DEFAULT_EMBEDDER, WRITE_MODES
     from corea.signals import RUNTIME_SIGNALS
 
     memory = commands.add_parser(
@@ -228,11 +228,11 @@ def add_commands(commands) -> None:
     bench.add_argument("--signal", choices=RUNTIME_SIGNALS,
                        help="stream: what the SLM defers on (default: its serving default)")
     bench.add_argument("--write", default="second_call",
-                       choices=("second_call", "same_call", "program"),
+                       choices=[mode for mode in WRITE_MODES if mode != "off"],
                        help="stream: how the LLM writes a strategy; program: an LLM answering "
                             "by program (--llm program:qwen) has its checked program stored, "
                             "quoted with its problem, at no extra cost")
-    bench.add_argument("--consult", default="always", choices=("always", "on_doubt"),
+    bench.add_argument("--consult", default="always", choices=CONSULT_MODES,
                        help="stream: when the SLM reads the notes: always, or on_doubt (only "
                             "when it would defer without them; asked again with them)")
     bench.add_argument("--admit-confidence", type=float, default=0.9)

@@ -129,9 +129,11 @@ def program_rows(config: TrainConfig, hint: str) -> list[dict]:
     programs = {problem.question: one_line(problem.program()) for problem in problems}
     items = [(problem.question, hint, f"```python\n{problem.program()}\n```")
              for problem in problems]
+    # The pool of notes is the problems themselves: their questions are embedded once.
+    vectors = get_embedder().encode(list(programs))
     notes = notes_for(items, [{"question": q, "strategy": p} for q, p in programs.items()],
-                      config)
-    made_up = made_up_prompts(items, notes, programs, config)
+                      config, (vectors, vectors))
+    made_up = made_up_prompts(items, notes, programs, vectors, config)
     rows = []
     for (question, _, reply), strategies, reworded in zip(items, notes, made_up):
         if reworded is not None:
@@ -143,13 +145,13 @@ def program_rows(config: TrainConfig, hint: str) -> list[dict]:
 
 
 def made_up_prompts(items: list[tuple], notes: list[list[Strategy]], programs: dict[str, str],
-                    config: TrainConfig) -> list[tuple[str, list[Strategy]] | None]:
+                    vectors, config: TrainConfig) -> list[tuple[str, list[Strategy]] | None]:
     """For a seeded share of the prompts that got no notes, the question and notes told in
-    made-up verbs: the nearest problems that tell every operation the question tells."""
+    made-up verbs: the nearest problems (`vectors`: the embeddings of `programs`' questions) that
+    tell every operation the question tells."""
     if not config.sft_made_up_share:
         return [None] * len(items)
     questions = list(programs)
-    vectors = get_embedder().encode(questions)
     index = {question: n for n, question in enumerate(questions)}
     rng = random.Random(config.seed + 3)
     share = config.sft_made_up_share / (1.0 - config.sft_notes_share)
@@ -192,14 +194,17 @@ def training_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-def notes_for(items: list[tuple], pool: list[dict], config: TrainConfig
+def notes_for(items: list[tuple], pool: list[dict], config: TrainConfig, vectors=None
               ) -> list[list[Strategy]]:
     """For a seeded share of the prompts, the strategies of `pool` (rows with a question and a
     strategy) the memory would retrieve for their questions (top-k above the similarity gate),
-    leaving out any written for the question itself; the other prompts get none."""
-    embedder = get_embedder()
-    keys = embedder.encode([row["question"] for row in pool])
-    questions = embedder.encode([question for question, _, _ in items])
+    leaving out any written for the question itself; the other prompts get none. `vectors`:
+    the embeddings of the pool's and the items' questions, where the caller has them."""
+    if vectors is None:
+        embedder = get_embedder()
+        vectors = (embedder.encode([row["question"] for row in pool]),
+                   embedder.encode([question for question, _, _ in items]))
+    keys, questions = vectors
     rng = random.Random(config.seed + 2)
     notes = []
     for (question, _, _), vector in zip(items, questions):
