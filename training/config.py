@@ -46,7 +46,8 @@ class TrainConfig:
     # competence stage (python -m training sft; see training/sft.py)
     sft_arith_per_level: int = option(300, "worked solutions per level of the generated arith-mix "
                                            "training problems (levels 1-5)")
-    sft_gsm8k: int = option(500, "worked GSM8K train solutions (calculator notes removed)")
+    sft_gsm8k: int = option(500, "worked GSM8K train solutions (calculator notes "
+                                  "removed; with sft_programs, their calculations as programs)")
     sft_epochs: float = option(1.0, "passes over the worked solutions")
     sft_learning_rate: float = option(5e-4, "peak learning rate of the competence stage")
     sft_batch_size: int = option(8, "worked solutions per optimizer step")
@@ -63,7 +64,9 @@ class TrainConfig:
                                      "of the prompts get the nearest strategies as the memory's "
                                      "quoted notes, so the model learns to read them")
     sft_programs: bool = option(False, "targets are programs (served as program:<adapter>): the "
-                                       "generated arith-mix problems' own programs; the notes a "
+                                       "generated arith-mix problems' own programs (and, with "
+                                       "sft_gsm8k, GSM8K train solutions' calculations as "
+                                       "programs); the notes a "
                                        "share of prompts get are other training problems' "
                                        "programs, quoted with their problems as the memory's "
                                        "program mode quotes them")

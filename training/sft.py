@@ -40,6 +40,7 @@ from corea.protocol import format_reply
 from corea.tasks import ARITH_MIX_LEVELS, HINTS, get_task, gsm8k_rows
 
 from training import made_up_words
+from training.gsm8k_programs import gsm8k_program
 from training.config import TrainConfig
 from training.records import begin_stage, save_run, timed
 
@@ -121,14 +122,14 @@ def program_rows(config: TrainConfig, hint: str) -> list[dict]:
     asked in (corea.program): a share with the nearest other problems' programs as notes, and a
     share with the operations told in made-up verbs that only their notes explain
     (training/made_up_words.py); the rest plain."""
-    problems = [problem for level in ARITH_MIX_LEVELS
+    problems = [(problem.question, problem.program()) for level in ARITH_MIX_LEVELS
                 for problem in arithmetic.generate(level, "train", config.sft_arith_per_level,
                                                    seed=config.seed + 1)]
+    problems += gsm8k_programs(config.sft_gsm8k)
     random.Random(config.seed).shuffle(problems)
-    _refuse_evaluation_questions([problem.question for problem in problems], config)
-    programs = {problem.question: one_line(problem.program()) for problem in problems}
-    items = [(problem.question, hint, f"```python\n{problem.program()}\n```")
-             for problem in problems]
+    _refuse_evaluation_questions([question for question, _ in problems], config)
+    programs = {question: one_line(program) for question, program in problems}
+    items = [(question, hint, f"```python\n{program}\n```") for question, program in problems]
     # The pool of notes is the problems themselves: their questions are embedded once.
     vectors = get_embedder().encode(list(programs))
     notes = notes_for(items, [{"question": q, "strategy": p} for q, p in programs.items()],
@@ -144,6 +145,15 @@ def program_rows(config: TrainConfig, hint: str) -> list[dict]:
     return rows
 
 
+def gsm8k_programs(count: int) -> list[tuple[str, str]]:
+    """(question, program) of the last `count` GSM8K train solutions that make a program
+    (training/gsm8k_programs.py), from the end of the split as the prose targets are."""
+    if not count:
+        return []
+    made = [(row["question"], gsm8k_program(row["answer"])) for row in gsm8k_rows("train")]
+    return [(question, program) for question, program in made if program][-count:]
+
+
 def made_up_prompts(items: list[tuple], notes: list[list[Strategy]], programs: dict[str, str],
                     vectors, config: TrainConfig) -> list[tuple[str, list[Strategy]] | None]:
     """For a seeded share of the prompts that got no notes, the question and notes told in
@@ -157,7 +167,8 @@ def made_up_prompts(items: list[tuple], notes: list[list[Strategy]], programs: d
     share = config.sft_made_up_share / (1.0 - config.sft_notes_share)
     out = []
     for (question, _, _), noted in zip(items, notes):
-        if noted or rng.random() >= share:
+        # Only generated problems tell their operations in the sentences made_up_words rewords.
+        if noted or rng.random() >= share or not made_up_words.operations(question):
             out.append(None)
             continue
         scores = vectors @ vectors[index[question]]
