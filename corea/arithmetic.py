@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 
 LEVELS = (1, 2, 3, 4, 5)
@@ -116,3 +117,24 @@ def generate(steps: int, split: str, count: int, seed: int = 0) -> list[Arithmet
         seen.add(problem.question)
         problems.append(problem)
     return problems
+
+
+# Each operation's sentence told in other words than the generator's, with the same numbers and
+# answer. No training data of corea's uses these words (training/phrasings.py keeps its own
+# apart), so `arith-mix-reworded` asks whether a model holds up on wording it was not trained on.
+OTHER_WORDS = (
+    (re.compile(r"\bfinds (\d+) more (\w+)"), r"is given another \1 \2"),
+    (re.compile(r"\bgives away (\d+) (\w+)"), r"donates \1 \2"),
+    (re.compile(r"\bbuys (\d+) (\w+) with (\d+) (\w+) in each"),
+     r"orders \1 \2 holding \3 \4 apiece"),
+    (re.compile(r"\bthe number of (\w+) (\w+) has doubles"), r"\2's \1 grow to twice as many"),
+    (re.compile(r"\b(\w+) splits the (\w+) equally into (\d+) groups and keeps one group"),
+     r"\1 keeps only one of \3 equal shares of the \2"),
+)
+
+
+def in_other_words(question: str) -> str:
+    """A generated problem with each operation told in OTHER_WORDS."""
+    for pattern, replacement in OTHER_WORDS:
+        question = pattern.sub(replacement, question)
+    return question

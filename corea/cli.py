@@ -440,8 +440,9 @@ def cmd_calibrate(args) -> int:
     try:
         raw = with_signal(rows, args.signal, mapped=False)
         values, correct = [row["confidence"] for row in raw], [row["correct"] for row in raw]
+        tasks = " + ".join(sorted({row["task"] for row in rows}))
         platt = fit_platt(values, correct, args.signal,
-                          f"{len(rows)} {rows[0]['task']} {rows[0].get('split', '')} questions "
+                          f"{len(rows)} {tasks} {rows[0].get('split', '')} questions "
                           f"({args.trace.name})")
     except ValueError as error:
         raise UsageError(f"{args.trace}: {error}") from error

@@ -140,6 +140,13 @@ def _arith_mix(split: str, limit: int | None) -> list[Example]:
                     meta={"level": row["level"]}) for row in rows]
 
 
+def _arith_mix_reworded(split: str, limit: int | None) -> list[Example]:
+    """The arith-mix test questions with their operations told in other words
+    (corea.arithmetic.OTHER_WORDS): same numbers, same answers."""
+    return [Example(id=f"{e.id}-reworded", question=arithmetic.in_other_words(e.question),
+                    gold=e.gold, meta=e.meta) for e in _arith_mix(split, limit)]
+
+
 def arith_mix_test_rows(size: int = ARITH_MIX_TEST_SIZE) -> list[dict]:
     """The rows of the committed arith-mix test split, as the generator makes them."""
     return [{"id": f"arith-mix-{e.id}", "question": e.question, "gold": e.gold,
@@ -159,6 +166,10 @@ BUILTIN_TASKS: dict[str, Task] = {
     "arith-mix": Task("arith-mix", "numeric", ("train", "test"), "test", _arith_mix,
                       "generated arithmetic word problems, levels 1-5 in equal shares; "
                       f"{ARITH_MIX_TEST_SIZE} fixed test questions"),
+    "arith-mix-reworded": Task("arith-mix-reworded", "numeric", ("test",), "test",
+                               _arith_mix_reworded,
+                               "the arith-mix test questions with each operation told in words "
+                               "no training data uses; same numbers and answers"),
 }
 for _level in arithmetic.LEVELS:
     BUILTIN_TASKS[f"arith-{_level}"] = Task(

@@ -105,3 +105,9 @@ def test_calibrate_fits_on_training_answers_of_the_adapter_and_declares_the_map(
     platt = PlattMap.from_dict(serving["calibration"])
     assert platt.signal == "verbalized_mean" and platt.slope > 0
     assert "60 t train questions (train.jsonl)" == platt.fitted_on
+    # A table of several tasks names them all.
+    mixed = write_trace(tmp_path / "mixed.jsonl", [{**row, "task": "u"} if i % 2 else row
+                                                   for i, row in enumerate(_rows("train", "m"))],
+                        "smollm2-135m+mine")
+    done = corea(*args, "--trace", str(mixed), "--dry-run")
+    assert done.returncode == 0 and "on 60 t + u train questions (mixed.jsonl)" in done.stdout

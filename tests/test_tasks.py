@@ -109,3 +109,20 @@ def test_unknown_task_split_and_limit():
 def test_every_builtin_task_loads():
     for name, task in BUILTIN_TASKS.items():
         assert task.examples(limit=3), name
+
+
+def test_reworded_arith_mix_keeps_numbers_and_answers_in_other_words():
+    import re
+
+    plain = get_task("arith-mix").examples("test")
+    reworded = get_task("arith-mix-reworded").examples("test")
+    assert [e.id + "-reworded" for e in plain] == [e.id for e in reworded]
+    assert [e.gold for e in plain] == [e.gold for e in reworded]
+    generator_words = ("finds", "gives away", "buys", "doubles", "splits")
+    for before, after in zip(plain, reworded):
+        assert before.question != after.question
+        assert not any(word in after.question for word in generator_words)
+        # The same numbers in the same order, each sentence kept.
+        assert re.findall(r"\d+", before.question) == re.findall(r"\d+", after.question)
+        assert before.question.count("Then ") == after.question.count("Then ")
+    assert arithmetic.in_other_words("Then Ann donates 3 pens.") == "Then Ann donates 3 pens."

@@ -74,6 +74,9 @@ class TrainConfig:
                                            "operations are told in made-up verbs, the same in "
                                            "their notes' problems, so that the notes must be "
                                            "read (training/made_up_words.py)")
+    sft_rephrase_share: float = option(0.0, "with sft_programs: share of the other prompts whose "
+                                            "generated problem, and its notes' problems, are told "
+                                            "in other words (training/phrasings.py)")
     sft_notes_share: float = option(0.5, "share of the prompts that get notes")
     sft_notes_top_k: int = option(2, "notes per prompt, at most (the memory's top_k)")
     sft_notes_min_similarity: float = option(0.5, "the memory's retrieval gate for notes")
@@ -192,6 +195,8 @@ class TrainConfig:
             raise ValueError("sft_epochs must be positive and sft_batch_size at least 1")
         if not 0.0 <= self.sft_notes_share <= 1.0 or self.sft_notes_top_k < 1:
             raise ValueError("sft_notes_share lies in [0, 1] and sft_notes_top_k is at least 1")
+        if not 0.0 <= self.sft_rephrase_share <= 1.0:
+            raise ValueError("sft_rephrase_share lies in [0, 1]")
         if not 0.0 <= self.sft_made_up_share <= 1.0 - self.sft_notes_share:
             raise ValueError("sft_made_up_share lies in [0, 1 - sft_notes_share]: its prompts "
                              "are neither the plain ones nor those with notes in plain words")

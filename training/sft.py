@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from corea import arithmetic, embedded
@@ -40,7 +41,7 @@ from corea.program import one_line, program_messages
 from corea.protocol import format_reply
 from corea.tasks import ARITH_MIX_LEVELS, HINTS, get_task, gsm8k_rows
 
-from training import made_up_words
+from training import made_up_words, phrasings
 from training.gsm8k_programs import gsm8k_program
 from training.config import TrainConfig
 from training.records import begin_stage, save_run, timed
@@ -136,10 +137,14 @@ def program_rows(config: TrainConfig, hint: str) -> list[dict]:
     notes = notes_for(items, [{"question": q, "strategy": p} for q, p in programs.items()],
                       config, (vectors, vectors))
     made_up = made_up_prompts(items, notes, programs, vectors, config)
+    rng = random.Random(config.seed + 4)
     rows = []
     for (question, _, reply), strategies, reworded in zip(items, notes, made_up):
         if reworded is not None:
             question, strategies = reworded
+        elif (rng.random() < config.sft_rephrase_share
+              and made_up_words.operations(question)):
+            question, strategies = rephrased(question, strategies, phrasings.draw(rng))
         rows.append({"prompt": program_messages(slm_messages(question, hint, strategies, False,
                                                              with_problem=True)),
                      "completion": [{"role": "assistant", "content": reply}]})
@@ -153,6 +158,14 @@ def gsm8k_programs(count: int) -> list[tuple[str, str]]:
         return []
     made = [(row["question"], gsm8k_program(row["answer"])) for row in gsm8k_rows("train")]
     return [(question, program) for question, program in made if program][-count:]
+
+
+def rephrased(question: str, notes: list[Strategy], phrasing: dict[str, str]
+              ) -> tuple[str, list[Strategy]]:
+    """A generated problem and its notes' problems told in other words (training/phrasings.py),
+    the same in all of them."""
+    return (phrasings.rephrase(question, phrasing),
+            [replace(note, question=phrasings.rephrase(note.question, phrasing)) for note in notes])
 
 
 def made_up_prompts(items: list[tuple], notes: list[list[Strategy]], programs: dict[str, str],
