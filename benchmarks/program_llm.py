@@ -6,9 +6,10 @@ For each set with a program table (`benchmarks/traces/qwen-program-TASK.jsonl`, 
 `python -m corea trace --model program:qwen --task TASK`), each SLM's table (read on the signal it
 is served with, through its Platt map) is swept against the plain LLM and against the program LLM
 on the same questions: the best saving within 2 points of each LLM alone, and the threshold
-chosen on two thirds of the questions checked on the other third. The SLMs: the shipped default
-(`smollm2-calibrated-TASK.jsonl`) and the shipped SLM that answers by program
-(`smollm2-program-TASK.jsonl`, adapters/smollm2-135m-program). Writes
+chosen on two thirds of the questions checked on the other third (against the plain LLM only
+where its table exists). The SLMs: the shipped default (`smollm2-calibrated-TASK.jsonl`) and the
+shipped SLMs that answer by program (`smollm2-program-TASK.jsonl`, adapters/smollm2-135m-program;
+`smollm2-program-rephrase-TASK.jsonl`, adapters/smollm2-135m-program-rephrase). Writes
 benchmarks/results/program_llm.json and the matching section of benchmarks/REPORT.md (no model
 runs).
 """
@@ -35,7 +36,8 @@ from corea.signals import with_signal  # noqa: E402
 from corea.traces import read_trace  # noqa: E402
 
 TRACES = ROOT / "benchmarks" / "traces"
-SLM_TABLES = ("smollm2-calibrated-{task}.jsonl", "smollm2-program-{task}.jsonl")
+SLM_TABLES = ("smollm2-calibrated-{task}.jsonl", "smollm2-program-{task}.jsonl",
+              "smollm2-program-rephrase-{task}.jsonl")
 LLM_TABLES = {"plain": "qwen-{task}.jsonl", "program": "qwen-program-{task}.jsonl"}
 
 
@@ -47,11 +49,13 @@ def _point(point: dict | None) -> dict | None:
 
 
 def measure(task: str, slm_table: str, traces: Path = TRACES) -> dict | None:
-    """An SLM against both LLMs on the questions all three tables hold."""
+    """An SLM against the program LLM, and the plain LLM where it has a table, on the questions
+    all their tables hold."""
     paths = {"slm": traces / slm_table.format(task=task),
              **{kind: traces / name.format(task=task) for kind, name in LLM_TABLES.items()}}
-    if not all(path.is_file() for path in paths.values()):
+    if not (paths["slm"].is_file() and paths["program"].is_file()):
         return None
+    paths = {kind: path for kind, path in paths.items() if path.is_file()}
     tables = {kind: {row["id"]: row for row in read_trace(path)} for kind, path in paths.items()}
     ids = [i for i in tables["slm"] if all(i in table for table in tables.values())]
     slm_rows = [tables["slm"][i] for i in ids]
@@ -59,7 +63,7 @@ def measure(task: str, slm_table: str, traces: Path = TRACES) -> dict | None:
     slm_rows = with_signal(slm_rows, signal)
     result = {"task": task, "questions": len(ids), "slm_model": slm_rows[0]["model"],
               "signal": signal, "slm_accuracy": sum(r["correct"] for r in slm_rows) / len(ids)}
-    for kind in LLM_TABLES:
+    for kind in LLM_TABLES.keys() & paths.keys():
         pair = join_traces(slm_rows, [tables[kind][i] for i in ids])
         report = summarize(pair)
         result[kind] = {
@@ -69,7 +73,8 @@ def measure(task: str, slm_table: str, traces: Path = TRACES) -> dict | None:
             "auroc": report["auroc"],
             "best_within_2pt": _point(report["best_within_2pt"]),
             "holdout": holdout_check(pair)["empirical"]}
-    result["program_cost_vs_plain"] = result["program"]["cost"] / result["plain"]["cost"]
+    result["program_cost_vs_plain"] = (result["program"]["cost"] / result["plain"]["cost"]
+                                       if "plain" in result else None)
     return result
 
 

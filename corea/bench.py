@@ -547,8 +547,9 @@ def program_llm_lines(results: Path = RESULTS_DIR) -> list[str]:
              f"From `{result['command']}` ({result['date']}, {result['machine']}), no model "
              "runs: the committed tables of the shipped SLMs (read on the signal each is served "
              "with: the default SLM answering in prose, `smollm2-calibrated-TASK.jsonl`, and "
-             "the SLM answering by program, `smollm2-program-TASK.jsonl`) and of the embedded "
-             "LLM asked plainly (`qwen-TASK.jsonl`) and by program "
+             "the SLMs answering by program, `smollm2-program-TASK.jsonl` and "
+             "`smollm2-program-rephrase-TASK.jsonl`) and of the embedded "
+             "LLM asked plainly (`qwen-TASK.jsonl`, where traced) and by program "
              "(`program:qwen`, `qwen-program-TASK.jsonl`: it writes one assignment per sentence "
              "and corea runs the program), on the same questions. Saving: of the cost of that "
              "LLM alone, at the cheapest threshold within 2 points of its accuracy; held out: "
@@ -558,14 +559,17 @@ def program_llm_lines(results: Path = RESULTS_DIR) -> list[str]:
              "vs plain) | LLM | AUROC | best within 2 points | held out |",
              "|---|---|---|---|---|---|---|---|---|"]
     for task in result["tasks"]:
+        plain = (f"{_pct(task['plain']['accuracy'])} · {_pct(task['program']['accuracy'])} "
+                 f"({_pct(task['program_cost_vs_plain'])})" if "plain" in task
+                 else f"— · {_pct(task['program']['accuracy'])}")
         for kind in ("plain", "program"):
+            if kind not in task:
+                continue
             entry = task[kind]
             lines.append(
                 f"| {task['task']} | {task['questions']} | {task['slm_model']} "
-                f"({task['signal']}) | {_pct(task['slm_accuracy'])} | "
-                f"{_pct(task['plain']['accuracy'])} · {_pct(task['program']['accuracy'])} "
-                f"({_pct(task['program_cost_vs_plain'])}) | {kind} | {_num(entry['auroc'])} | "
-                f"{best(entry)} | {held_out(entry)} |")
+                f"({task['signal']}) | {_pct(task['slm_accuracy'])} | {plain} | {kind} | "
+                f"{_num(entry['auroc'])} | {best(entry)} | {held_out(entry)} |")
     return lines + [""]
 
 

@@ -311,3 +311,12 @@ def test_program_llm_section_measures_both_llms_on_the_same_questions(tmp_path, 
     assert "37.5% (acc 100.0%, 50.0% to the LLM)" in program_row
     assert "| slm (verbalized) | 50.0% |" in program_row
     assert program_llm_lines(tmp_path / "none") == []
+    # A set the plain LLM was not traced on is measured against the program LLM alone.
+    (tmp_path / "qwen-t.jsonl").unlink()
+    alone = program_llm.measure("t", program_llm.SLM_TABLES[0], traces=tmp_path)
+    assert "plain" not in alone and alone["program"]["best_within_2pt"] == best
+    (tmp_path / "program_llm.json").write_text(json.dumps({
+        "command": "python benchmarks/program_llm.py --task t", "date": "2025-01-01",
+        "machine": "x86_64, 2 CPU cores", "tasks": [alone]}))
+    rows = [line for line in program_llm_lines(tmp_path) if line.startswith("| t |")]
+    assert len(rows) == 1 and "| — · 100.0% | program |" in rows[0]
