@@ -1,6 +1,6 @@
 """Two (or more) small models side by side on their committed trace tables, each read the way it
 would be served: accuracy, the AUROC and ECE of its confidence signal (raw, and through a Platt
-map), and the cascade in front of the LLM at a fixed threshold.
+map), and the cascade in front of the LLM (`--llm`) at a fixed threshold.
 
     python benchmarks/compare_slms.py \\
         --slm shipped=smollm2-calibrated:verbalized_mean \\
@@ -43,7 +43,7 @@ def read_as_served(rows: list[dict], signal: str, train: Path | None) -> list[di
 
 
 def compare(slms: list[tuple[str, str, str, Path | None]], tasks: list[str],
-            threshold: float) -> dict:
+            threshold: float, llm: str = "qwen") -> dict:
     result = {}
     for label, prefix, signal, train in slms:
         result[label] = {"tables": prefix, "signal": signal,
@@ -53,7 +53,7 @@ def compare(slms: list[tuple[str, str, str, Path | None]], tasks: list[str],
             raw = trace_summary(with_signal(rows, signal, mapped=False))
             served = read_as_served(rows, signal, train)
             summary = trace_summary(served)
-            cascade = at_threshold(join_traces(served, read_trace(TRACES / f"qwen-{task}.jsonl")),
+            cascade = at_threshold(join_traces(served, read_trace(TRACES / f"{llm}-{task}.jsonl")),
                                    threshold)
             result[label][task] = {
                 "n": summary["n"], "accuracy": summary["accuracy"], "auroc": summary["auroc"],
@@ -78,10 +78,13 @@ def main(argv=None) -> int:
     parser.add_argument("--task", action="append", required=True)
     parser.add_argument("--threshold", type=float, default=0.8,
                         help="the fixed threshold of the cascade column (default: %(default)s)")
+    parser.add_argument("--llm", default="qwen",
+                        help="the LLM's tables, benchmarks/traces/LLM-TASK.jsonl, for the cascade "
+                             "column (default: %(default)s; qwen-program: the LLM by program)")
     args = parser.parse_args(argv)
     command = "python benchmarks/compare_slms.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    result = compare(args.slm, args.task, args.threshold)
+    result = compare(args.slm, args.task, args.threshold, args.llm)
     table = json.loads(OUT.read_text()) if OUT.is_file() else {}
     table[command] = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       "result": result}
