@@ -1,10 +1,13 @@
 """Training a program SLM to hold up on wording it was not trained on: other phrasings.
 
-A model trained on the generator's sentences alone learns their words: told the same problem
-in other words (`arith-mix-reworded`), the shipped program SLM is right far less often. A share of the training prompts therefore tell each operation in one of several other phrasings,
-drawn afresh for each prompt, with other sentence shapes than the generator's ("Then Kim doubles
-the pencils."), and the notes' problems are told in the same words, as the memory would quote an
-LLM's program for a problem worded like the question.
+A model trained on the generator's sentences alone learns their words: told the same problems in
+other words (`arith-mix-reworded`), the program SLM trained that way is right on 39.7% of them
+instead of 86.7%. A share of the training prompts therefore tell each operation in one of several
+other phrasings, drawn afresh for each prompt, some with other sentence shapes than the
+generator's ("Then Kim doubles the pencils."), and the notes' problems are told in the same words,
+as the memory would quote an LLM's program for a problem worded like the question
+(`training/configs/cpu-program-sft-rephrase.yaml`, shipped as smollm2-135m-program-rephrase:
+58.3% on `arith-mix-reworded`).
 
 None of these phrasings is one of corea.arithmetic.OTHER_WORDS, the held-out wording of
 `arith-mix-reworded` (a test checks it), so that set still measures wording never trained on.

@@ -22,9 +22,11 @@ answer with notes as it does without.
 With `sft_programs` (`training/configs/cpu-program-sft-made-up.yaml`) the model learns to answer
 by program instead, served as `program:<adapter>`: the targets are the generated problems' own
 programs (with `sft_gsm8k`, also GSM8K train solutions whose calculator notes make a program that
-computes their answer, training/gsm8k_programs.py; `cpu-program-sft-broad.yaml`), a share of the prompts carry the programs of the nearest *other* training problems,
-quoted with their problems as the memory's `program` mode quotes the LLM's programs, and with
-`sft_made_up_share` a share tell their operations in made-up verbs that only those notes explain.
+computes their answer, training/gsm8k_programs.py; `cpu-program-sft-broad.yaml`), a share of
+the prompts carry the programs of the nearest *other* training problems, quoted with their
+problems as the memory's `program` mode quotes the LLM's programs; with `sft_made_up_share` a
+share tell their operations in made-up verbs that only those notes explain, and with
+`sft_rephrase_share` a share of the others tell them in other phrasings (training/phrasings.py).
 """
 
 from __future__ import annotations
