@@ -125,7 +125,8 @@ def program_rows(config: TrainConfig, hint: str) -> list[dict]:
     """Program targets for generated training problems, prompts in the form a program model is
     asked in (corea.program): a share with the nearest other problems' programs as notes, and a
     share with the operations told in made-up verbs that only their notes explain
-    (training/made_up_words.py); the rest plain."""
+    (training/made_up_words.py), a share of the others told in other phrasings, their notes too
+    (training/phrasings.py); the rest in the generator's words."""
     problems = [(problem.question, problem.program()) for level in ARITH_MIX_LEVELS
                 for problem in arithmetic.generate(level, "train", config.sft_arith_per_level,
                                                    seed=config.seed + 1)]
