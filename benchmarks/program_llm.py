@@ -63,7 +63,7 @@ def measure(task: str, slm_table: str, traces: Path = TRACES) -> dict | None:
     slm_rows = with_signal(slm_rows, signal)
     result = {"task": task, "questions": len(ids), "slm_model": slm_rows[0]["model"],
               "signal": signal, "slm_accuracy": sum(r["correct"] for r in slm_rows) / len(ids)}
-    for kind in LLM_TABLES.keys() & paths.keys():
+    for kind in [kind for kind in LLM_TABLES if kind in paths]:
         pair = join_traces(slm_rows, [tables[kind][i] for i in ids])
         report = summarize(pair)
         result[kind] = {

@@ -119,22 +119,38 @@ def generate(steps: int, split: str, count: int, seed: int = 0) -> list[Arithmet
     return problems
 
 
-# Each operation's sentence told in other words than the generator's, with the same numbers and
-# answer. No training data of corea's uses these words (training/phrasings.py keeps its own
-# apart), so `arith-mix-reworded` asks whether a model holds up on wording it was not trained on.
-OTHER_WORDS = (
-    (re.compile(r"\bfinds (\d+) more (\w+)"), r"is given another \1 \2"),
-    (re.compile(r"\bgives away (\d+) (\w+)"), r"donates \1 \2"),
-    (re.compile(r"\bbuys (\d+) (\w+) with (\d+) (\w+) in each"),
-     r"orders \1 \2 holding \3 \4 apiece"),
-    (re.compile(r"\bthe number of (\w+) (\w+) has doubles"), r"\2's \1 grow to twice as many"),
-    (re.compile(r"\b(\w+) splits the (\w+) equally into (\d+) groups and keeps one group"),
-     r"\1 keeps only one of \3 equal shares of the \2"),
-)
+# Each operation's sentence as _step writes it, its numbers and words captured in order, so that
+# the same problem can be told in other words (here, and in training/made_up_words.py and
+# training/phrasings.py).
+OPERATION_SENTENCES = {
+    "gain": re.compile(r"\bfinds (\d+) more (\w+)"),
+    "lose": re.compile(r"\bgives away (\d+) (\w+)"),
+    "packs": re.compile(r"\bbuys (\d+) (\w+) with (\d+) (\w+) in each"),
+    "double": re.compile(r"\bthe number of (\w+) (\w+) has doubles"),
+    "share": re.compile(r"\b(\w+) splits the (\w+) equally into (\d+) groups and keeps one group"),
+}
+
+
+def retell(question: str, replacements: dict[str, str]) -> str:
+    """A generated problem with each operation's sentence replaced by `replacements[name]` (a
+    regular-expression replacement of OPERATION_SENTENCES[name])."""
+    for name, pattern in OPERATION_SENTENCES.items():
+        question = pattern.sub(replacements[name], question)
+    return question
+
+
+# Each operation told in other words than the generator's, with the same numbers and answer. No
+# training data of corea's uses these words (training/phrasings.py keeps its own apart), so
+# `arith-mix-reworded` asks whether a model holds up on wording it was not trained on.
+OTHER_WORDS = {
+    "gain": r"is given another \1 \2",
+    "lose": r"donates \1 \2",
+    "packs": r"orders \1 \2 holding \3 \4 apiece",
+    "double": r"\2's \1 grow to twice as many",
+    "share": r"\1 keeps only one of \3 equal shares of the \2",
+}
 
 
 def in_other_words(question: str) -> str:
     """A generated problem with each operation told in OTHER_WORDS."""
-    for pattern, replacement in OTHER_WORDS:
-        question = pattern.sub(replacement, question)
-    return question
+    return retell(question, OTHER_WORDS)

@@ -516,7 +516,7 @@ def test_training_phrasings_keep_the_numbers_and_never_use_the_held_out_wording(
     held_out = ("is given another", "donates", "holding", "apiece", "grow to twice",
                 "equal shares")
     assert all(any(phrase in replacement for phrase in held_out)
-               for _, replacement in arithmetic.OTHER_WORDS)
+               for replacement in arithmetic.OTHER_WORDS.values())
     assert not any(phrase in phrasing for phrase in held_out
                    for phrasings in PHRASINGS.values() for phrasing in phrasings)
     rng = random.Random(3)

@@ -11,17 +11,17 @@ That is the skill a note from the LLM serves on questions worded unlike any trai
 from __future__ import annotations
 
 import random
-import re
 
-# Each operation's sentence in the generator (corea.arithmetic), and the same sentence told with
-# a made-up verb in its place ({verb}), so that nothing but the verb says which operation it is.
-OPERATIONS = {
-    "gain": (re.compile(r"\bfinds (\d+) more (\w+)"), r"{verb} \1 \2"),
-    "lose": (re.compile(r"\bgives away (\d+) (\w+)"), r"{verb} \1 \2"),
-    "packs": (re.compile(r"\bbuys (\d+) (\w+) with"), r"{verb} \1 \2 with"),
-    "double": (re.compile(r"\bthe number of (\w+) (\w+) has doubles"), r"\2 {verb} the \1"),
-    "share": (re.compile(r"\b(\w+) splits the (\w+) equally into (\d+) groups and keeps one "
-                         r"group"), r"\1 {verb} the \2 into \3 groups"),
+from corea.arithmetic import OPERATION_SENTENCES, retell
+
+# Each operation's sentence (corea.arithmetic.OPERATION_SENTENCES) told with a made-up verb in
+# its place ({verb}), so that nothing but the verb says which operation it is.
+MADE_UP = {
+    "gain": r"{verb} \1 \2",
+    "lose": r"{verb} \1 \2",
+    "packs": r"{verb} \1 \2 with \3 \4 in each",
+    "double": r"\2 {verb} the \1",
+    "share": r"\1 {verb} the \2 into \3 groups",
 }
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
@@ -29,24 +29,23 @@ _VOWELS = "aeiou"
 
 def operations(question: str) -> set[str]:
     """The operations a generated problem tells."""
-    return {name for name, (pattern, _) in OPERATIONS.items() if pattern.search(question)}
+    return {name for name, pattern in OPERATION_SENTENCES.items() if pattern.search(question)}
 
 
 def made_up_verbs(rng: random.Random) -> dict[str, str]:
     """A distinct made-up verb for each operation ("dabekes")."""
     verbs: list[str] = []
-    while len(verbs) < len(OPERATIONS):
+    while len(verbs) < len(OPERATION_SENTENCES):
         verb = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(2)) + "s"
         if verb not in verbs:
             verbs.append(verb)
-    return dict(zip(OPERATIONS, verbs))
+    return dict(zip(OPERATION_SENTENCES, verbs))
 
 
 def reword(question: str, verbs: dict[str, str]) -> str:
     """`question` with each operation told by its made-up verb."""
-    for name, (pattern, replacement) in OPERATIONS.items():
-        question = pattern.sub(replacement.replace("{verb}", verbs[name]), question)
-    return question
+    return retell(question, {name: replacement.replace("{verb}", verbs[name])
+                             for name, replacement in MADE_UP.items()})
 
 
 def covering_notes(question: str, ranked: list[str], top_k: int) -> list[str] | None:

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import random
 
-from training.made_up_words import OPERATIONS
+from corea.arithmetic import OPERATION_SENTENCES, retell
 
-# For each operation of training/made_up_words.OPERATIONS (whose patterns capture the sentence's
-# numbers and words), other ways to tell it, as regular-expression replacements.
+# For each operation of corea.arithmetic.OPERATION_SENTENCES (whose patterns capture the
+# sentence's numbers and words), other ways to tell it, as regular-expression replacements.
 PHRASINGS = {
     "gain": (r"gets \1 more \2", r"receives \1 extra \2", r"picks up another \1 \2",
              r"collects \1 additional \2"),
     "lose": (r"loses \1 \2", r"hands over \1 \2", r"uses up \1 \2", r"throws out \1 \2"),
-    "packs": (r"gets \1 \2 with", r"picks up \1 \2 with", r"receives \1 \2 with",
-              r"brings home \1 \2 with"),
+    "packs": (r"gets \1 \2 with \3 \4 in each", r"picks up \1 \2 with \3 \4 in each",
+              r"receives \1 \2 with \3 \4 in each", r"brings home \1 \2 with \3 \4 in each"),
     "double": (r"\2 doubles the \1", r"\2 ends up with twice as many \1",
                r"\2 multiplies the \1 by 2"),
     "share": (r"\1 divides the \2 into \3 equal piles and keeps one pile",
@@ -37,11 +37,9 @@ PHRASINGS = {
 
 def draw(rng: random.Random) -> dict[str, str]:
     """One phrasing per operation, drawn at random."""
-    return {name: rng.choice(PHRASINGS[name]) for name in OPERATIONS}
+    return {name: rng.choice(PHRASINGS[name]) for name in OPERATION_SENTENCES}
 
 
 def rephrase(question: str, phrasing: dict[str, str]) -> str:
     """`question` (a generated problem) with each operation told in `phrasing`."""
-    for name, (pattern, _) in OPERATIONS.items():
-        question = pattern.sub(phrasing[name], question)
-    return question
+    return retell(question, phrasing)
